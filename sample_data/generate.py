@@ -1,0 +1,797 @@
+"""Deterministic sample data for xpkit, with the true effects written next to it.
+
+The generator builds a small streaming service: members with a latent engagement level,
+a daily engagement table, and four experiments, each with a known treatment effect and some
+with a known defect (a sample-ratio mismatch, broken exposure logging, units seen in two
+variants, duplicate assignment rows). Because the generator draws both potential outcomes
+for every member, the manifest can state the *finite-population* truth that an analysis is
+supposed to recover, and a scorecard can be checked against it rather than against itself.
+
+Output (see ``README.md`` next to this file for the full description)::
+
+    out_dir/experiment_assignments.parquet
+    out_dir/engagement_daily.parquet      sorted by (date, member_id)
+    out_dir/manifest.json
+
+Usage::
+
+    xpkit sample-data --members 1000000 --seed 7 --out data/
+    python -m xpkit.sample_data.generate --members 1000000 --seed 7 --out data/
+
+Scale: members are processed in fixed blocks and the daily table is produced one (day,
+block) slice at a time and streamed to Parquet row groups, so memory stays flat in the
+number of daily rows; only a few bytes per member are kept for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+GENERATOR_VERSION = "1.0"
+
+ASSIGNMENTS_FILE = "experiment_assignments.parquet"
+DAILY_FILE = "engagement_daily.parquet"
+MANIFEST_FILE = "manifest.json"
+
+# --- calendar ---------------------------------------------------------------------------
+STUDY_START = date(2024, 3, 1)
+ENROLMENT_START = date(2024, 3, 15)
+# Enrolment runs two days past the last date whose 7-day window fits in the data, so a
+# realistic minority (about 2/17 = 12%) of units is still mid-window when the data ends and
+# the complete-window rule has something to exclude.
+ENROLMENT_DAYS = 17
+DATA_END = date(2024, 4, 4)
+WINDOW_DAYS = 7
+PRE_PERIOD_DAYS = 14
+
+N_DAYS = (DATA_END - STUDY_START).days + 1
+ENROLMENT_OFFSET = (ENROLMENT_START - STUDY_START).days
+LAST_COMPLETE_DAY = N_DAYS - WINDOW_DAYS  # day index of the last assignment with a full window
+
+METRIC_COLUMNS = ("watch_seconds", "sessions", "plays", "errors")
+ANY_WATCH = "proportion_any_watch"
+
+COUNTRIES = ("US", "BR", "IN", "DE", "JP")
+COUNTRY_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
+DEVICES = ("tv", "mobile", "web")
+DEVICE_WEIGHTS = (0.5, 0.3, 0.2)
+# Big screens watch more and fail less; browsers fail most. Folding the device into the
+# latent level keeps device a meaningful slice without a separate model per device.
+DEVICE_ENGAGEMENT = np.array([1.25, 0.75, 0.9])
+DEVICE_ERROR_FACTOR = np.array([0.8, 1.2, 1.5])
+
+# --- engagement model -------------------------------------------------------------------
+# log(lambda) ~ N(log(device factor), 1): a heavy right tail, as real viewing is.
+LOG_LAMBDA_SD = 1.0
+# P(active on a day) = logistic(ACTIVE_A + ACTIVE_B * log lambda [+ weekend]); about 60%.
+ACTIVE_A, ACTIVE_B, WEEKEND_ACTIVE_SHIFT = 0.4, 1.0, 0.3
+WATCH_SECONDS_PER_LAMBDA = 1500.0
+# A gamma shape this low gives strong day-to-day noise, so the pre-period is a good but not
+# perfect covariate - the realistic case for CUPED.
+WATCH_SHAPE = 1.5
+WEEKEND_WATCH_FACTOR = 1.2
+EXTRA_SESSIONS_PER_LAMBDA = 0.6  # sessions = 1 + Poisson(0.6 * lambda * weekend)
+# plays = Binomial(2 sessions, 0.725): about 1.45 plays per session, and a session can end
+# without a play (browsing, a trailer) as real ones do.
+PLAY_TRIALS_PER_SESSION, PLAY_PROB = 2, 0.725
+ERRORS_PER_PLAY = 0.01
+# P(exposed) = logistic(EXPOSURE_A + EXPOSURE_B * log lambda): heavier members reach the
+# treated surface more often (about 60% overall), which is what makes TOT != ITT.
+EXPOSURE_A, EXPOSURE_B = 0.45, 0.8
+
+# --- defects ----------------------------------------------------------------------------
+MULTI_VARIANT_RATE = 0.002  # homepage_ranking_v2 units also logged in the other variant
+DUPLICATE_RATE = 0.001  # homepage_ranking_v2 units with an exact duplicate row
+# player_srm loses treatment rows. Real logging losses are often a few percent; this one is
+# sized so the default 40,000-member sample flags it (p < 0.001) for almost any seed.
+SRM_LOSS_RATE = 0.15
+EXPOSURE_DROP_RATE = 0.15  # search_exposure_bug: exposed treatment members logged as unexposed
+# Both losses hit light members harder (a member with one session has one chance to be
+# logged); the normalisers are E[logistic(-1.5 log lambda)] over the affected group, so the
+# average loss equals the headline rate.
+LOSS_SLOPE = 1.5
+SRM_LOSS_NORMALISER = 0.50  # over all members
+EXPOSURE_DROP_NORMALISER = 0.42  # over exposed members
+MULTI_VARIANT_DELAY_US = (3_600_000_000, 48 * 3_600_000_000)  # 1 h .. 48 h later
+DUPLICATE_DELAY_US = (1_000_000, 6 * 3_600_000_000)  # 1 s .. 6 h later
+
+# Members are generated in blocks of this many; each block and each (block, day) slice has
+# its own random substream. Keep it fixed: it is part of what makes output reproducible.
+MEMBER_BLOCK = 250_000
+
+_US_PER_DAY = 86_400_000_000
+_EPOCH = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """An experiment of the sample world: its population share, design and true effects."""
+
+    experiment_id: str
+    share: float
+    variants: tuple[str, ...]
+    weights: tuple[float, ...]
+    # variant -> column -> multiplier on that column's expected daily value, applied to
+    # exposed members from their assignment date on. Variants not listed have no effect.
+    multipliers: dict[str, dict[str, float]] = field(default_factory=dict)
+    defects: tuple[str, ...] = ()
+
+
+EXPERIMENTS: tuple[ExperimentSpec, ...] = (
+    ExperimentSpec(
+        "homepage_ranking_v2",
+        0.40,
+        ("control", "treatment"),
+        (0.5, 0.5),
+        {"treatment": {"watch_seconds": 1.05, "sessions": 1.03}},
+        (
+            f"about {MULTI_VARIANT_RATE:.1%} of units get a second assignment row in the other "
+            "variant (a later timestamp): units seen in more than one variant",
+            f"about {DUPLICATE_RATE:.1%} of units get an exact duplicate assignment row with a "
+            "later timestamp",
+        ),
+    ),
+    ExperimentSpec(
+        "artwork_abc",
+        0.30,
+        ("control", "treatment_a", "treatment_b"),
+        (1 / 3, 1 / 3, 1 / 3),
+        {"treatment_a": {"plays": 1.04}, "treatment_b": {"plays": 1.06, "errors": 1.5}},
+        ("treatment_b raises errors by 50% for exposed members (a guardrail harm)",),
+    ),
+    ExperimentSpec(
+        "player_srm",
+        0.15,
+        ("control", "treatment"),
+        (0.5, 0.5),
+        {},
+        (
+            f"about {SRM_LOSS_RATE:.0%} of treatment assignment rows are never written, more "
+            "often for light members: a sample-ratio mismatch that also biases the comparison",
+        ),
+    ),
+    ExperimentSpec(
+        "search_exposure_bug",
+        0.15,
+        ("control", "treatment"),
+        (0.5, 0.5),
+        {},
+        (
+            f"treatment exposure logging drops about {EXPOSURE_DROP_RATE:.0%} of exposed "
+            "members' flags, more often for light members: ITT is clean, the exposed (TOT) "
+            "population is not comparable across variants",
+        ),
+    ),
+)
+
+_HOMEPAGE, _ARTWORK, _SRM, _SEARCH = range(len(EXPERIMENTS))
+
+ASSIGNMENTS_SCHEMA = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("member_id", pa.int64()),
+        ("variant", pa.string()),
+        ("assignment_timestamp", pa.timestamp("us")),
+        ("exposed_flag", pa.bool_()),
+        ("country", pa.string()),
+        ("device", pa.string()),
+    ]
+)
+DAILY_SCHEMA = pa.schema(
+    [
+        ("member_id", pa.int64()),
+        ("date", pa.date32()),
+        ("watch_seconds", pa.float64()),
+        ("sessions", pa.int32()),
+        ("plays", pa.int32()),
+        ("errors", pa.int32()),
+    ]
+)
+
+
+# --- manifest ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EffectTruth:
+    """Finite-population truth for one (variant vs control, metric) over the 7-day window.
+
+    Means are per member of the truth population (complete window, one variant only),
+    computed from both potential outcomes of every member. A relative figure is ``None``
+    when its control mean is zero.
+    """
+
+    control_mean: float | None
+    true_itt_abs: float | None
+    true_itt_rel: float | None
+    control_mean_exposed: float | None
+    true_effect_on_exposed_abs: float | None
+    true_effect_on_exposed_rel: float | None
+
+
+@dataclass(frozen=True)
+class ExperimentManifest:
+    """Design, defects, counts and true effects of one experiment."""
+
+    experiment_id: str
+    share_of_members: float
+    variants: list[str]
+    weights: list[float]
+    enrolment_start: str
+    enrolment_end: str
+    multipliers: dict[str, dict[str, float]]
+    defects: list[str]
+    counts: dict[str, int]
+    truth_population: dict[str, float]
+    # variant -> metric -> truth; every non-control variant, every metric column plus
+    # proportion_any_watch.
+    true_effects: dict[str, dict[str, EffectTruth]]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What was generated and what an analysis of it should find."""
+
+    generator_version: str
+    seed: int
+    members: int
+    dates: dict[str, Any]
+    files: dict[str, Any]
+    notes: list[str]
+    experiments: list[ExperimentManifest]
+
+    def experiment(self, experiment_id: str) -> ExperimentManifest:
+        for exp in self.experiments:
+            if exp.experiment_id == experiment_id:
+                return exp
+        raise KeyError(experiment_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        experiments = [
+            ExperimentManifest(
+                **{
+                    **exp,
+                    "true_effects": {
+                        variant: {metric: EffectTruth(**t) for metric, t in by_metric.items()}
+                        for variant, by_metric in exp["true_effects"].items()
+                    },
+                }
+            )
+            for exp in data["experiments"]
+        ]
+        return cls(**{**data, "experiments": experiments})
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# --- random streams ---------------------------------------------------------------------
+def _member_rng(seed: int, block: int) -> np.random.Generator:
+    # An explicit spawn key is the addressable form of SeedSequence.spawn: the stream of
+    # block b never depends on how many blocks exist or in which order they are drawn.
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, block)))
+
+
+def _daily_rng(seed: int, block: int, day: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, block, day)))
+
+
+def _logistic(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# --- members ----------------------------------------------------------------------------
+@dataclass
+class _Block:
+    """Per-member latent state of one block, kept for the whole run (a few bytes/member)."""
+
+    first_id: int
+    log_lam: np.ndarray  # float64
+    # P(active) on a weekday and on a weekend day; computed once rather than on every day.
+    p_active: np.ndarray  # float32, shape (2, n)
+    device: np.ndarray  # int8 index into DEVICES
+    experiment: np.ndarray  # int8 index into EXPERIMENTS
+    variant: np.ndarray  # int8 index into the experiment's variants (first assignment)
+    assign_day: np.ndarray  # int16 day index since STUDY_START
+    exposed: np.ndarray  # bool: truly exposed (before any logging defect)
+    in_truth: np.ndarray  # bool: complete window and seen in one variant only
+    any_watch: np.ndarray  # bool: watched on some day of the window (filled day by day)
+
+
+@dataclass
+class _Counts:
+    enrolled: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    lost: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    multi: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    dup: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+    incomplete: np.ndarray = field(default_factory=lambda: np.zeros(len(EXPERIMENTS), np.int64))
+
+
+def _draw_block(seed: int, block: int, n: int, counts: _Counts) -> tuple[_Block, pa.Table]:
+    """Draw one block's members and return them with their assignment rows."""
+    rng = _member_rng(seed, block)
+    first_id = block * MEMBER_BLOCK + 1
+    device = rng.choice(len(DEVICES), size=n, p=DEVICE_WEIGHTS).astype(np.int8)
+    country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_WEIGHTS).astype(np.int8)
+    log_lam = rng.normal(0.0, LOG_LAMBDA_SD, n) + np.log(DEVICE_ENGAGEMENT)[device]
+    experiment = rng.choice(len(EXPERIMENTS), size=n, p=[e.share for e in EXPERIMENTS])
+    experiment = experiment.astype(np.int8)
+    u_variant = rng.random(n)
+    variant = np.zeros(n, np.int8)
+    for e, spec in enumerate(EXPERIMENTS):
+        in_e = experiment == e
+        cum = np.cumsum(spec.weights) / sum(spec.weights)
+        variant[in_e] = np.minimum(
+            np.searchsorted(cum, u_variant[in_e], side="right"), len(cum) - 1
+        )
+    assign_day = (ENROLMENT_OFFSET + rng.integers(0, ENROLMENT_DAYS, n)).astype(np.int16)
+    time_of_day = rng.integers(0, _US_PER_DAY, n)
+    exposed = rng.random(n) < _logistic(EXPOSURE_A + EXPOSURE_B * log_lam)
+    u_defect = rng.random(n)
+    u_delay = rng.random(n)
+
+    # One uniform per member decides whichever defect applies to its experiment, so the
+    # defects of different experiments never compete for random numbers.
+    light = _logistic(-LOSS_SLOPE * log_lam)
+    is_treatment = variant == 1
+    lost = (experiment == _SRM) & is_treatment
+    lost &= u_defect < SRM_LOSS_RATE * light / SRM_LOSS_NORMALISER
+    dropped = (experiment == _SEARCH) & is_treatment & exposed
+    dropped &= u_defect < EXPOSURE_DROP_RATE * light / EXPOSURE_DROP_NORMALISER
+    homepage = experiment == _HOMEPAGE
+    multi = homepage & (u_defect < MULTI_VARIANT_RATE)
+    dup = homepage & (u_defect >= MULTI_VARIANT_RATE)
+    dup &= u_defect < MULTI_VARIANT_RATE + DUPLICATE_RATE
+
+    complete = assign_day <= LAST_COMPLETE_DAY
+    n_exp = len(EXPERIMENTS)
+    counts.enrolled += np.bincount(experiment, minlength=n_exp)
+    counts.lost += np.bincount(experiment[lost], minlength=n_exp)
+    counts.multi += np.bincount(experiment[multi], minlength=n_exp)
+    counts.dup += np.bincount(experiment[dup], minlength=n_exp)
+    counts.dropped += np.bincount(experiment[dropped], minlength=n_exp)
+    counts.incomplete += np.bincount(experiment[~complete], minlength=n_exp)
+
+    members = _Block(
+        first_id=first_id,
+        log_lam=log_lam,
+        p_active=_logistic(
+            ACTIVE_A + ACTIVE_B * log_lam + np.array([[0.0], [WEEKEND_ACTIVE_SHIFT]])
+        ).astype(np.float32),
+        device=device,
+        experiment=experiment,
+        variant=variant,
+        assign_day=assign_day,
+        exposed=exposed,
+        in_truth=complete & ~multi,
+        any_watch=np.zeros(n, bool),
+    )
+
+    # Assignment rows: every logged member once, plus the defect rows.
+    start_us = (STUDY_START - _EPOCH).days * _US_PER_DAY
+    last_us = start_us + N_DAYS * _US_PER_DAY - 1
+    ts = start_us + assign_day.astype(np.int64) * _US_PER_DAY + time_of_day
+    member_idx = np.arange(n)
+    logged = member_idx[~lost]
+    lo, hi = MULTI_VARIANT_DELAY_US
+    multi_idx = member_idx[multi]
+    multi_ts = ts[multi] + (lo + u_delay[multi] * (hi - lo)).astype(np.int64)
+    lo, hi = DUPLICATE_DELAY_US
+    dup_idx = member_idx[dup]
+    dup_ts = ts[dup] + (lo + u_delay[dup] * (hi - lo)).astype(np.int64)
+    row_member = np.concatenate([logged, multi_idx, dup_idx])
+    row_ts = np.minimum(np.concatenate([ts[logged], multi_ts, dup_ts]), last_us)
+    # Homepage has two variants, so "the other variant" of v is 1 - v.
+    row_variant = np.concatenate([variant[logged], 1 - variant[multi], variant[dup]])
+    order = np.lexsort((row_ts, row_member))
+    row_member, row_ts, row_variant = row_member[order], row_ts[order], row_variant[order]
+    row_exp = experiment[row_member]
+    counts.rows += np.bincount(row_exp, minlength=n_exp)
+
+    # Variant labels: flatten (experiment, variant index) into one code per label.
+    labels: list[str] = []
+    offsets = []
+    for spec in EXPERIMENTS:
+        offsets.append(len(labels))
+        labels.extend(spec.variants)
+    variant_code = np.asarray(offsets, np.int32)[row_exp] + row_variant
+
+    table = pa.table(
+        {
+            "experiment_id": _labels(row_exp, [e.experiment_id for e in EXPERIMENTS]),
+            "member_id": pa.array(first_id + row_member, pa.int64()),
+            "variant": _labels(variant_code, labels),
+            "assignment_timestamp": pa.array(row_ts, pa.timestamp("us")),
+            "exposed_flag": pa.array(exposed[row_member] & ~dropped[row_member], pa.bool_()),
+            "country": _labels(country[row_member], COUNTRIES),
+            "device": _labels(device[row_member], DEVICES),
+        },
+        schema=ASSIGNMENTS_SCHEMA,
+    )
+    return members, table
+
+
+def _labels(codes: np.ndarray, names: Sequence[str]) -> pa.Array:
+    # Dictionary take + cast is vectorised; building Python strings per row is not.
+    indices = pa.array(codes.astype(np.int32), pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string())).cast(pa.string())
+
+
+# --- daily engagement and potential outcomes -------------------------------------------
+@dataclass(frozen=True)
+class _EffectTerm:
+    experiment: int
+    variant: int
+    column: str
+    multiplier: float
+
+
+_TERMS: tuple[_EffectTerm, ...] = tuple(
+    _EffectTerm(e, spec.variants.index(v), col, m)
+    for e, spec in enumerate(EXPERIMENTS)
+    for v, by_col in spec.multipliers.items()
+    for col, m in by_col.items()
+)
+
+
+@dataclass
+class _TruthSums:
+    """Window sums over truth-population members, per experiment (and variant for effects)."""
+
+    base: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(EXPERIMENTS), len(METRIC_COLUMNS)))
+    )
+    base_exposed: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(EXPERIMENTS), len(METRIC_COLUMNS)))
+    )
+    increment: np.ndarray = field(default_factory=lambda: np.zeros(len(_TERMS)))
+
+
+def _count_increment(
+    rng: np.random.Generator, y0: np.ndarray, mean0: np.ndarray, multiplier: float
+) -> np.ndarray:
+    """Integer change that moves a count's expected value from mean0 to multiplier*mean0.
+
+    Raising adds an independent Poisson((m-1) mean0) - a sum of Poissons is Poisson, so a
+    Poisson column stays Poisson. Lowering thins the untreated count binomially.
+    """
+    if multiplier >= 1.0:
+        return rng.poisson((multiplier - 1.0) * mean0)
+    return -rng.binomial(y0, 1.0 - multiplier)
+
+
+def _day_slice(seed: int, b: int, day: int, m: _Block, truth: _TruthSums) -> pa.RecordBatch:
+    """Daily rows of one block for one day; adds this day's window rows to the truth sums."""
+    rng = _daily_rng(seed, b, day)
+    weekend = (STUDY_START.weekday() + day) % 7 >= 5
+    idx = np.flatnonzero(rng.random(len(m.log_lam)) < m.p_active[int(weekend)])
+    lam = np.exp(m.log_lam[idx]) * (WEEKEND_WATCH_FACTOR if weekend else 1.0)
+
+    # Untreated potential outcome Y0 for every active member.
+    watch_mean = WATCH_SECONDS_PER_LAMBDA * lam
+    sessions_mean = 1.0 + EXTRA_SESSIONS_PER_LAMBDA * lam
+    watch = rng.gamma(WATCH_SHAPE, watch_mean / WATCH_SHAPE)
+    sessions = 1 + rng.poisson(EXTRA_SESSIONS_PER_LAMBDA * lam)
+    plays_mean = PLAY_TRIALS_PER_SESSION * PLAY_PROB * sessions
+    plays = rng.binomial(PLAY_TRIALS_PER_SESSION * sessions, PLAY_PROB)
+    errors_mean = ERRORS_PER_PLAY * DEVICE_ERROR_FACTOR[m.device[idx]] * plays
+    errors = rng.poisson(errors_mean)
+    y0 = {"watch_seconds": watch, "sessions": sessions, "plays": plays, "errors": errors}
+    means = {"sessions": sessions_mean, "plays": plays_mean, "errors": errors_mean}
+
+    exp = m.experiment[idx]
+    since = day - m.assign_day[idx]
+    in_window = m.in_truth[idx] & (since >= 0) & (since < WINDOW_DAYS)
+    exposed = m.exposed[idx]
+    treated = exposed & (since >= 0)
+    m.any_watch[idx[in_window]] = True
+
+    n_exp = len(EXPERIMENTS)
+    window_rows = np.flatnonzero(in_window)
+    window_exp = exp[window_rows]
+    window_exposed = exposed[window_rows]
+    for c, col in enumerate(METRIC_COLUMNS):
+        y = y0[col][window_rows].astype(np.float64)
+        truth.base[:, c] += np.bincount(window_exp, y, minlength=n_exp)
+        truth.base_exposed[:, c] += np.bincount(
+            window_exp[window_exposed], y[window_exposed], minlength=n_exp
+        )
+
+    # Treated potential outcomes: drawn for every exposed member of the experiment,
+    # whatever variant it was assigned, so the truth covers the whole population.
+    observed = {col: v.copy() for col, v in y0.items()}
+    for t, term in enumerate(_TERMS):
+        rows = np.flatnonzero(treated & (exp == term.experiment))
+        base = y0[term.column][rows]
+        if term.column == "watch_seconds":
+            inc: np.ndarray = (term.multiplier - 1.0) * base
+        else:
+            inc = _count_increment(rng, base, means[term.column][rows], term.multiplier)
+        truth.increment[t] += float(inc[in_window[rows]].sum())
+        mine = m.variant[idx[rows]] == term.variant
+        observed[term.column][rows[mine]] += inc[mine]
+
+    day_value = (STUDY_START - _EPOCH).days + day
+    return pa.record_batch(
+        [
+            pa.array(m.first_id + idx, pa.int64()),
+            pa.array(np.full(len(idx), day_value, np.int32), pa.int32()).cast(pa.date32()),
+            pa.array(observed["watch_seconds"], pa.float64()),
+            pa.array(observed["sessions"].astype(np.int32), pa.int32()),
+            pa.array(observed["plays"].astype(np.int32), pa.int32()),
+            pa.array(observed["errors"].astype(np.int32), pa.int32()),
+        ],
+        schema=DAILY_SCHEMA,
+    )
+
+
+# --- writing ----------------------------------------------------------------------------
+class _RowGroupWriter:
+    """Streams batches into Parquet row groups of exactly ``row_group_size`` rows.
+
+    ParquetWriter.write_table makes at least one row group per call, so slices smaller than
+    a row group are buffered here; otherwise a 40,000-member block would become a tiny row
+    group and the footer statistics (what lets a date filter skip data) would be diluted.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_size: int) -> None:
+        # Dictionary encoding pays off for repeated values (dates, labels) and only costs
+        # time on near-unique ones (ids, measurements), so it is limited to the former.
+        dictionary = [f.name for f in schema if f.type in (pa.string(), pa.date32())]
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
+        self._schema = schema
+        self._size = row_group_size
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def append(self, batch: pa.RecordBatch | pa.Table) -> None:
+        batches = batch.to_batches() if isinstance(batch, pa.Table) else [batch]
+        self._pending.extend(batches)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= self._size:
+            table = pa.Table.from_batches(self._pending, self._schema)
+            full = (table.num_rows // self._size) * self._size
+            self._writer.write_table(table.slice(0, full), row_group_size=self._size)
+            rest = table.slice(full)
+            self._pending = rest.to_batches()
+            self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        if self._pending_rows:
+            table = pa.Table.from_batches(self._pending, self._schema)
+            self._writer.write_table(table, row_group_size=self._size)
+        self._pending = []
+        self._writer.close()
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary path that replaces ``path`` only if the block completes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --- truth ------------------------------------------------------------------------------
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den != 0 else None
+
+
+def _experiment_truth(
+    e: int, truth: _TruthSums, blocks: list[_Block]
+) -> tuple[dict[str, float], dict[str, dict[str, EffectTruth]]]:
+    spec = EXPERIMENTS[e]
+    n = n_exposed = any_watch = 0
+    for m in blocks:
+        pop = m.in_truth & (m.experiment == e)
+        n += int(pop.sum())
+        n_exposed += int((pop & m.exposed).sum())
+        any_watch += int((pop & m.any_watch).sum())
+    population = {
+        "members": n,
+        "exposed_members": n_exposed,
+        "exposed_share": _ratio(n_exposed, n) or 0.0,
+    }
+    effects: dict[str, dict[str, EffectTruth]] = {}
+    for v, variant in enumerate(spec.variants[1:], start=1):
+        by_metric: dict[str, EffectTruth] = {}
+        for c, col in enumerate(METRIC_COLUMNS):
+            inc = sum(
+                truth.increment[t]
+                for t, term in enumerate(_TERMS)
+                if term.experiment == e and term.variant == v and term.column == col
+            )
+            base, base_exp = truth.base[e, c], truth.base_exposed[e, c]
+            by_metric[col] = EffectTruth(
+                control_mean=_ratio(base, n),
+                true_itt_abs=_ratio(inc, n),
+                true_itt_rel=_ratio(inc, base),
+                control_mean_exposed=_ratio(base_exp, n_exposed),
+                true_effect_on_exposed_abs=_ratio(inc, n_exposed),
+                true_effect_on_exposed_rel=_ratio(inc, base_exp),
+            )
+        # Treatments scale values on active days but never change whether a member is
+        # active, and every active day has watch_seconds > 0: the share with any watch is
+        # untouched, so its true effect is exactly zero.
+        by_metric[ANY_WATCH] = EffectTruth(
+            control_mean=_ratio(any_watch, n),
+            true_itt_abs=0.0,
+            true_itt_rel=0.0,
+            control_mean_exposed=None,
+            true_effect_on_exposed_abs=0.0,
+            true_effect_on_exposed_rel=0.0,
+        )
+        effects[variant] = by_metric
+    return population, effects
+
+
+def _day(index: int) -> str:
+    return (STUDY_START + timedelta(days=index)).isoformat()
+
+
+# --- public entry point -----------------------------------------------------------------
+def generate(
+    out_dir: Path, members: int = 40_000, seed: int = 7, *, row_group_size: int = 1_000_000
+) -> Manifest:
+    """Write the sample tables and manifest to ``out_dir`` and return the manifest.
+
+    Output depends only on ``(members, seed)``; ``row_group_size`` changes the Parquet
+    layout, never the rows. Each file is written to a temporary name and renamed into place,
+    so an interrupted run leaves earlier output intact.
+    """
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    if row_group_size < 1:
+        raise ValueError(f"row_group_size must be at least 1, got {row_group_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    counts = _Counts()
+    blocks: list[_Block] = []
+    n_blocks = math.ceil(members / MEMBER_BLOCK)
+    with _atomic(out_dir / ASSIGNMENTS_FILE) as tmp:
+        writer = _RowGroupWriter(tmp, ASSIGNMENTS_SCHEMA, row_group_size)
+        try:
+            for b in range(n_blocks):
+                n = min(MEMBER_BLOCK, members - b * MEMBER_BLOCK)
+                block, table = _draw_block(seed, b, n, counts)
+                blocks.append(block)
+                writer.append(table)
+        finally:
+            writer.close()
+        assignment_rows = writer.rows
+
+    # Day-major order puts the file in (date, member_id) order, so row-group min/max
+    # statistics on `date` are narrow and a date-range filter skips most of the file.
+    truth = _TruthSums()
+    with _atomic(out_dir / DAILY_FILE) as tmp:
+        writer = _RowGroupWriter(tmp, DAILY_SCHEMA, row_group_size)
+        try:
+            for day in range(N_DAYS):
+                for b, block in enumerate(blocks):
+                    writer.append(_day_slice(seed, b, day, block, truth))
+        finally:
+            writer.close()
+        daily_rows = writer.rows
+
+    experiments = []
+    for e, spec in enumerate(EXPERIMENTS):
+        population, effects = _experiment_truth(e, truth, blocks)
+        experiments.append(
+            ExperimentManifest(
+                experiment_id=spec.experiment_id,
+                share_of_members=spec.share,
+                variants=list(spec.variants),
+                weights=list(spec.weights),
+                enrolment_start=_day(ENROLMENT_OFFSET),
+                enrolment_end=_day(ENROLMENT_OFFSET + ENROLMENT_DAYS - 1),
+                multipliers={v: dict(c) for v, c in spec.multipliers.items()},
+                defects=list(spec.defects),
+                counts={
+                    "units_enrolled": int(counts.enrolled[e]),
+                    "assignment_rows": int(counts.rows[e]),
+                    "lost_assignment_rows": int(counts.lost[e]),
+                    "multi_variant_units": int(counts.multi[e]),
+                    "duplicate_rows": int(counts.dup[e]),
+                    "exposure_flags_dropped": int(counts.dropped[e]),
+                    "units_incomplete_window": int(counts.incomplete[e]),
+                },
+                truth_population=population,
+                true_effects=effects,
+            )
+        )
+    manifest = Manifest(
+        generator_version=GENERATOR_VERSION,
+        seed=seed,
+        members=members,
+        dates={
+            "study_start": STUDY_START.isoformat(),
+            "enrolment_start": _day(ENROLMENT_OFFSET),
+            "enrolment_end": _day(ENROLMENT_OFFSET + ENROLMENT_DAYS - 1),
+            "data_end": DATA_END.isoformat(),
+            "window_days": WINDOW_DAYS,
+            "pre_period_days": PRE_PERIOD_DAYS,
+            "last_complete_assignment_date": _day(LAST_COMPLETE_DAY),
+        },
+        files={
+            "experiment_assignments": {"path": ASSIGNMENTS_FILE, "rows": assignment_rows},
+            "engagement_daily": {
+                "path": DAILY_FILE,
+                "rows": daily_rows,
+                "sort_order": ["date", "member_id"],
+            },
+        },
+        notes=[
+            "Truths are finite-population means over the experiment's enrolled members whose "
+            "7-day window [assignment date, +6 days] ends on or before data_end and who were "
+            "assigned to one variant only; lost assignment rows do not remove a member.",
+            "true_itt_abs = mean over those members of Y(variant) - Y(control) summed over the "
+            "window; true_itt_rel divides by the control mean; true_effect_on_exposed_* is the "
+            "same over truly exposed members (before any exposure-logging defect).",
+            "A multiplier m scales a column's expected daily value for exposed members from "
+            "their assignment date on: watch_seconds exactly, count columns by an added "
+            "Poisson((m-1) x expected count).",
+            "proportion_any_watch has a true effect of exactly 0: treatments change values on "
+            "active days, never whether a member is active.",
+        ],
+        experiments=experiments,
+    )
+    with _atomic(out_dir / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xpkit.sample_data.generate",
+        description="Write xpkit's deterministic sample experiment data and its true effects.",
+        epilog="example: python -m xpkit.sample_data.generate --members 1000000 --seed 7 --out data/",
+    )
+    parser.add_argument("--members", type=int, default=40_000, help="number of members")
+    parser.add_argument("--seed", type=int, default=7, help="random seed")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--row-group-size", type=int, default=1_000_000, help="Parquet rows per row group"
+    )
+    args = parser.parse_args(argv)
+    if args.members < 1 or args.row_group_size < 1:
+        parser.error("--members and --row-group-size must be at least 1")
+    started = time.perf_counter()
+    manifest = generate(args.out, args.members, args.seed, row_group_size=args.row_group_size)
+    elapsed = time.perf_counter() - started
+    files = manifest.files
+    print(
+        f"wrote {files['experiment_assignments']['rows']:,} assignment rows and "
+        f"{files['engagement_daily']['rows']:,} daily rows for {args.members:,} members "
+        f"(seed {args.seed}) to {args.out} in {elapsed:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Moments -> effects: choose the estimator for each metric and compare every variant.
+
+Pure: takes the moments table, the per-metric column layout and the experiment's
+configuration; knows nothing of SQL. For each population (ITT, the exposure-selected TOT,
+and the complier effect estimated from ITT) x metric x non-control variant it returns one
+:class:`MetricResult`, with multiple-testing adjustment and guardrail tests applied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from xpkit.compile import MetricLayout
+from xpkit.config import ExperimentConfig
+from xpkit.moments import Moments
+from xpkit.readout import MomentsTable
+from xpkit.stats.cuped import cuped_test
+from xpkit.stats.effect import Effect
+from xpkit.stats.guardrail import GuardrailResult, non_inferiority_test
+from xpkit.stats.iv import complier_effect
+from xpkit.stats.means import proportion_test, welch_test
+from xpkit.stats.multiple import adjust_pvalues
+from xpkit.stats.ratio import ratio_test
+
+POPULATION_NOTES = {
+    "itt": "intent to treat: every assigned unit; the unbiased effect of the assignment",
+    "tot": "treatment on the treated, SELECTED ON EXPOSURE: exposure correlates with "
+    "engagement, so this is not an unbiased effect",
+    "cace": "complier average causal effect: ITT effect / difference in exposure rates "
+    "(Wald IV for one-sided non-compliance); the honest effect on the exposed",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What analysis needs to know about a metric besides its moments."""
+
+    name: str
+    kind: str
+    higher_is_better: bool
+    layout: MetricLayout
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    population: str
+    metric: str
+    role: str
+    variant: str
+    effect: Effect
+    unadjusted: Effect | None
+    p_value_adjusted: float | None
+    guardrail: GuardrailResult | None
+
+
+def estimate(
+    info: MetricInfo, control: Moments, treatment: Moments, alpha: float
+) -> tuple[Effect, Effect | None]:
+    """The headline estimate, and the unadjusted one when a covariate adjustment was used."""
+    ml = info.layout
+    if info.kind == "ratio":
+        assert ml.denominator is not None
+        plain = ratio_test(control, treatment, ml.value, ml.denominator, (), alpha=alpha)
+        if ml.covariates:
+            adjusted = ratio_test(
+                control, treatment, ml.value, ml.denominator, ml.covariates, alpha=alpha
+            )
+            return adjusted, plain
+        return plain, None
+    test = proportion_test if info.kind == "proportion" else welch_test
+    plain = test(control, treatment, column=ml.value, alpha=alpha)
+    if ml.covariates:
+        adjusted = cuped_test(control, treatment, ml.value, ml.covariates, alpha=alpha)
+        return adjusted, plain
+    return plain, None
+
+
+def analyse(
+    experiment: ExperimentConfig,
+    metrics: Mapping[str, MetricInfo],
+    moments: MomentsTable,
+) -> list[MetricResult]:
+    results: list[MetricResult] = []
+    populations = [p for p in experiment.populations if moments.variants(p)]
+    for population in populations:
+        for name in experiment.all_metrics:
+            info = metrics[name]
+            control = moments.get(population, experiment.control, name)
+            for variant in experiment.treatments:
+                treatment = moments.get(population, variant, name)
+                if control is None or treatment is None:
+                    continue
+                effect, unadjusted = estimate(info, control, treatment, experiment.alpha)
+                results.append(
+                    MetricResult(
+                        population, name, experiment.role(name), variant, effect, unadjusted, None, None
+                    )
+                )
+    results += _complier_effects(experiment, metrics, moments)
+    results = _adjust(experiment, results)
+    return _guardrails(experiment, metrics, results)
+
+
+def _complier_effects(
+    experiment: ExperimentConfig, metrics: Mapping[str, MetricInfo], moments: MomentsTable
+) -> list[MetricResult]:
+    """CACE from the ITT moments, for mean and proportion metrics with exposure logged."""
+    out: list[MetricResult] = []
+    if "tot" not in experiment.populations:
+        return out
+    for name in experiment.all_metrics:
+        info = metrics[name]
+        ml = info.layout
+        if ml.exposure is None or info.kind == "ratio":
+            continue
+        control = moments.get("itt", experiment.control, name)
+        for variant in experiment.treatments:
+            treatment = moments.get("itt", variant, name)
+            if control is None or treatment is None:
+                continue
+            effect = complier_effect(
+                control, treatment, ml.value, ml.exposure, alpha=experiment.alpha
+            )
+            out.append(
+                MetricResult("cace", name, experiment.role(name), variant, effect, None, None, None)
+            )
+    return out
+
+
+def _adjust(experiment: ExperimentConfig, results: list[MetricResult]) -> list[MetricResult]:
+    """Multiple-testing correction across decision metrics x variants, per population.
+
+    The family is every primary and secondary metric against every treatment: the
+    decisions are made over that family, so that is where the error rate is controlled.
+    Guardrails are tested one-sided against their margin and are not in the family.
+    """
+    out = list(results)
+    for population in {r.population for r in results}:
+        idx = [
+            i
+            for i, r in enumerate(out)
+            if r.population == population and r.role in ("primary", "secondary")
+        ]
+        if not idx:
+            continue
+        raw = np.array([out[i].effect.p_value for i in idx], dtype=float)
+        adjusted = adjust_pvalues(raw, method=experiment.correction)
+        for i, p in zip(idx, adjusted, strict=True):
+            out[i] = replace(out[i], p_value_adjusted=None if math.isnan(p) else float(p))
+    return out
+
+
+def _guardrails(
+    experiment: ExperimentConfig, metrics: Mapping[str, MetricInfo], results: list[MetricResult]
+) -> list[MetricResult]:
+    guards = {g.metric: g for g in experiment.guardrails}
+    out = []
+    for r in results:
+        g = guards.get(r.metric)
+        if g is not None and r.population == "itt":
+            test = non_inferiority_test(
+                r.effect,
+                margin=g.margin,
+                relative=g.relative,
+                higher_is_better=metrics[r.metric].higher_is_better,
+                alpha=experiment.alpha,
+            )
+            r = replace(r, guardrail=test)
+        out.append(r)
+    return out

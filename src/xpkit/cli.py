@@ -1,0 +1,336 @@
+"""The ``xpkit`` command line.
+
+Exit codes: 0 ok; 1 internal error; 2 bad input (config, metric, missing table/column);
+3 the run completed but a result is invalid (SRM or another gate tripped).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xpkit import __version__
+from xpkit.compile import DIALECTS
+from xpkit.config import LoadedConfig, load_config
+from xpkit.engine import Engine, open_engine
+from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
+from xpkit.registry import MetricRegistry, load_metrics
+from xpkit.render import render_scorecard
+from xpkit.runner import ExperimentRun, compile_experiment, run_experiment, write_run
+from xpkit.scorecard import CHECKS_FILE, find_scorecards, read_table
+
+
+def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
+    """Turn user mistakes into one message and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = func(*args, **kwargs)
+        except XpkitError as err:
+            click.echo(f"xpkit: error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception:  # an xpkit bug: say so, with the traceback to report
+            click.echo("xpkit: internal error (please report it with this output):", err=True)
+            click.echo(traceback.format_exc(), err=True)
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code or EXIT_OK)
+
+    return wrapper
+
+
+def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricRegistry:
+    if metrics_dir:
+        return load_metrics(metrics_dir)
+    if config is not None and config.metrics_dir is not None:
+        return load_metrics(config.metrics_dir)
+    return load_metrics()
+
+
+def _engine(config: LoadedConfig, name: str, memory_limit: str | None, threads: int | None) -> Engine:
+    return open_engine(
+        name,
+        config.run.tables,
+        database=config.run.database,
+        memory_limit=memory_limit,
+        threads=threads,
+    )
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    default="experiments.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Experiments configuration (TOML).",
+)
+_metrics_dir_option = click.option(
+    "--metrics-dir",
+    default=None,
+    help="Folder of metric definitions (default: metrics_dir in the config, ./metrics, "
+    "or the metrics shipped with xpkit).",
+)
+_as_of_option = click.option(
+    "--as-of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Analyse data up to this date (default: the last date with data).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xpkit")
+def main() -> None:
+    """xpkit: metrics as Python classes, SQL where the data lives, trustworthy scorecards.
+
+    \b
+    Quick start:
+      xpkit demo                               # sample data, sample experiments, scorecards
+      xpkit sql watch_seconds --experiment homepage_ranking_v2 --config xpkit-demo/experiments.toml
+      xpkit run --config experiments.toml --out scorecards/
+      xpkit show scorecards/
+    """
+
+
+@main.command("sql")
+@click.argument("metrics", nargs=-1)
+@click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
+@click.option("--dialect", type=click.Choice(DIALECTS), default="duckdb", show_default=True)
+@_config_option
+@_metrics_dir_option
+@_as_of_option
+@_guard
+def sql_command(
+    metrics: tuple[str, ...],
+    experiment_id: str,
+    dialect: str,
+    config_path: Path,
+    metrics_dir: str | None,
+    as_of: Any,
+) -> int:
+    """Print the exact SQL that computes METRICS for an experiment.
+
+    Without METRICS, every metric the experiment lists. Dates (first assignment, as-of)
+    are read from the configured data.
+
+    \b
+    Example:
+      xpkit sql watch_seconds streamers --experiment homepage_ranking_v2 --dialect spark
+    """
+    config = load_config(config_path)
+    registry = _registry(config, metrics_dir)
+    engine = _engine(config, "duckdb", None, None)
+    try:
+        query = compile_experiment(
+            config,
+            registry,
+            experiment_id,
+            engine,
+            dialect=dialect,
+            as_of=as_of.date() if as_of else None,
+            metric_names=list(metrics) or None,
+        )
+    finally:
+        engine.close()
+    click.echo(query.sql)
+    return EXIT_OK
+
+
+@main.command("run")
+@_config_option
+@click.option("--experiment", "experiment_ids", multiple=True, help="Only these experiment ids (repeatable).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the scorecards.")
+@click.option("--allow-invalid", is_flag=True, help="Keep effects of invalid experiments in the scorecard (still marked invalid).")
+@click.option("--engine", "engine_name", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True)
+@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (spills to disk beyond it).")
+@click.option("--threads", type=int, default=None, help="DuckDB threads.")
+@click.option("--run-date", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Date to file the run under (default: today).")
+@click.option("--quiet", is_flag=True, help="Print only the files written.")
+@_metrics_dir_option
+@_as_of_option
+@_guard
+def run_command(
+    config_path: Path,
+    experiment_ids: tuple[str, ...],
+    out_dir: Path,
+    allow_invalid: bool,
+    engine_name: str,
+    memory_limit: str | None,
+    threads: int | None,
+    run_date: Any,
+    quiet: bool,
+    metrics_dir: str | None,
+    as_of: Any,
+) -> int:
+    """Compute scorecards for the configured experiments and write them to Parquet.
+
+    Exits 3 (after writing everything) when any experiment's result is invalid.
+
+    \b
+    Example:
+      xpkit run --config experiments.toml --out scorecards/ --experiment homepage_ranking_v2
+    """
+    config = load_config(config_path)
+    registry = _registry(config, metrics_dir)
+    ids = list(experiment_ids) or [e.id for e in config.run.experiment]
+    for experiment_id in ids:
+        config.experiment(experiment_id)  # unknown ids fail before any work
+    runs = run_all(
+        config,
+        registry,
+        ids,
+        out_dir,
+        engine_name=engine_name,
+        memory_limit=memory_limit,
+        threads=threads,
+        as_of=as_of.date() if as_of else None,
+        run_date=run_date.date() if run_date else None,
+        allow_invalid=allow_invalid,
+    )
+    for run in runs:
+        if not quiet:
+            click.echo(render_scorecard(run.scorecard, run.checks))
+            click.echo("")
+        for path in run.paths:
+            click.echo(f"wrote {path}")
+    invalid = [r.experiment_id for r in runs if not r.valid]
+    if invalid:
+        click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
+        return EXIT_INVALID_RESULT
+    return EXIT_OK
+
+
+def run_all(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_ids: list[str],
+    out_dir: Path,
+    *,
+    engine_name: str = "duckdb",
+    memory_limit: str | None = None,
+    threads: int | None = None,
+    as_of: date | None = None,
+    run_date: date | None = None,
+    allow_invalid: bool = False,
+) -> list[ExperimentRun]:
+    engine = _engine(config, engine_name, memory_limit, threads)
+    try:
+        runs = []
+        for experiment_id in experiment_ids:
+            run = run_experiment(
+                config,
+                registry,
+                experiment_id,
+                engine,
+                as_of=as_of,
+                run_date=run_date,
+                allow_invalid=allow_invalid,
+            )
+            runs.append(write_run(run, out_dir))
+        return runs
+    finally:
+        engine.close()
+
+
+@main.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@_guard
+def show_command(path: Path) -> int:
+    """Print a scorecard (a scorecard.parquet, or the newest run of each experiment under a folder).
+
+    \b
+    Example:
+      xpkit show scorecards/
+    """
+    for i, file in enumerate(find_scorecards(path)):
+        checks_path = file.parent / CHECKS_FILE
+        checks = read_table(checks_path) if checks_path.exists() else None
+        if i:
+            click.echo("")
+        click.echo(render_scorecard(read_table(file), checks))
+    return EXIT_OK
+
+
+@main.command("sample-data")
+@click.option("--members", type=int, default=40_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_guard
+def sample_data_command(members: int, seed: int, out_dir: Path) -> int:
+    """Generate the sample tables (Parquet), their true effects and an experiments.toml.
+
+    \b
+    Example:
+      xpkit sample-data --members 1000000 --seed 7 --out data/
+    """
+    write_sample(out_dir, members=members, seed=seed)
+    click.echo(f"wrote sample data for {members} members to {out_dir}")
+    return EXIT_OK
+
+
+def write_sample(out_dir: Path, *, members: int, seed: int) -> Path:
+    """Generate data into ``out_dir`` and put the sample experiments.toml beside it."""
+    import importlib.resources
+
+    from xpkit.sample_data.generate import generate
+
+    if members < 100:
+        raise click.BadParameter("must be at least 100", param_hint="--members")
+    generate(out_dir, members=members, seed=seed)
+    template = importlib.resources.files("xpkit.sample_data").joinpath("experiments.toml")
+    config = out_dir / "experiments.toml"
+    shutil.copyfile(str(template), config)
+    return config
+
+
+@main.command("demo")
+@click.option("--dir", "demo_dir", default="xpkit-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Where the sample data and scorecards go (reused when present).")
+@click.option("--members", type=int, default=40_000, show_default=True)
+@_guard
+def demo_command(demo_dir: Path, members: int) -> int:
+    """Build (or reuse) the sample data, run the sample experiments, print the scorecards.
+
+    The sample includes an experiment with a deliberate sample-ratio mismatch and one
+    with an exposure-logging bug: the demo shows them flagged, and still exits 0.
+    """
+    import json
+
+    manifest = demo_dir / "manifest.json"
+    config_path = demo_dir / "experiments.toml"
+    fresh = True
+    if manifest.exists() and config_path.exists():
+        fresh = json.loads(manifest.read_text()).get("members") != members
+    if fresh:
+        click.echo(f"generating sample data ({members} members) in {demo_dir} ...")
+        write_sample(demo_dir, members=members, seed=7)
+    else:
+        click.echo(f"reusing sample data in {demo_dir}")
+    config = load_config(config_path)
+    registry = _registry(config, None)
+    ids = [e.id for e in config.run.experiment]
+    runs = run_all(config, registry, ids, demo_dir / "scorecards")
+    for run in runs:
+        click.echo(render_scorecard(run.scorecard, run.checks))
+        click.echo("")
+    flagged = [r.experiment_id for r in runs if not r.valid]
+    click.echo(f"scorecards written under {demo_dir / 'scorecards'}")
+    click.echo(
+        f"flagged as invalid (deliberate defects in the sample data): {', '.join(flagged) or 'none'}"
+    )
+    click.echo(f"next: xpkit show {demo_dir / 'scorecards'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,279 @@
+"""Experiment and run configuration: TOML in, validated pydantic models out.
+
+A mistake anywhere — malformed TOML, an unknown field, weights that do not sum to 1, a
+control that is not one of the variants, a path that does not exist — becomes one
+:class:`~xpkit.errors.ConfigError` that names the file and the field.
+
+Example ``experiments.toml``::
+
+    metrics_dir = "metrics"            # relative paths are relative to this file
+
+    [tables]                           # logical table name -> Parquet path/glob or table
+    experiment_assignments = "data/experiment_assignments.parquet"
+    engagement_daily = "data/engagement_daily/*.parquet"
+
+    [[experiment]]
+    id = "homepage_ranking_v2"
+    control = "control"
+    weights = { control = 0.5, treatment = 0.5 }
+    window = [0, 6]                    # days after the assignment date, inclusive
+    metrics = ["watch_seconds", "streamers"]
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xpkit.errors import ConfigError
+
+Population = Literal["itt", "tot"]
+Dialect = Literal["duckdb", "spark", "bigquery", "snowflake", "trino", "postgres"]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AssignmentColumns(_Strict):
+    """How the assignment table's columns are named (defaults match the sample data)."""
+
+    table: str = "experiment_assignments"
+    experiment: Identifier = "experiment_id"
+    unit: Identifier = "member_id"
+    variant: Identifier = "variant"
+    timestamp: Identifier = "assignment_timestamp"
+    exposed: Identifier | None = "exposed_flag"
+
+
+class GuardrailConfig(_Strict):
+    """A metric that must not get worse by more than ``margin`` (non-inferiority)."""
+
+    metric: str = Field(min_length=1)
+    margin: float = Field(ge=0)
+    relative: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment to analyse.
+
+    ``metrics`` are the decision metrics: ``primary`` ones (default: the first listed) decide
+    a ship, the rest are secondary. ``guardrails`` are computed too and block a ship when a
+    harm beyond their margin cannot be ruled out.
+    """
+
+    id: str = Field(min_length=1)
+    control: str = Field(min_length=1)
+    weights: dict[str, float]
+    window: tuple[int, int] = (0, 6)
+    pre_window: tuple[int, int] = (-14, -1)
+    metrics: list[str] = Field(min_length=1)
+    populations: list[Population] = ["itt", "tot"]
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
+    start_date: date | None = None
+    end_date: date | None = None
+    primary: list[str] | None = None
+    guardrails: list[GuardrailConfig] = []
+    correction: Literal["bh", "holm", "none"] = "bh"
+    min_days: int = Field(default=7, ge=1)
+    min_units: int = Field(default=100, ge=1)
+    max_multi_variant_share: float = Field(default=0.01, ge=0, le=1)
+    max_duplicate_row_share: float = Field(default=0.01, ge=0, le=1)
+    max_incomplete_share: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_sum_to_one(cls, weights: dict[str, float]) -> dict[str, float]:
+        if len(weights) < 2:
+            raise ValueError(f"needs at least two variants, got {sorted(weights)}")
+        bad = {k: v for k, v in weights.items() if not (v > 0 and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"every weight must be a positive number, got {bad}")
+        total = sum(weights.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"weights must sum to 1, they sum to {total:g}")
+        return weights
+
+    @field_validator("window", "pre_window")
+    @classmethod
+    def _ordered(cls, window: tuple[int, int]) -> tuple[int, int]:
+        if window[0] > window[1]:
+            raise ValueError(f"start must not be after end, got {list(window)}")
+        return window
+
+    @field_validator("metrics", "populations")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {dupes}")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.control not in self.weights:
+            raise ValueError(
+                f"control variant {self.control!r} is not one of the variants in weights "
+                f"{sorted(self.weights)}"
+            )
+        if self.window[0] < 0:
+            raise ValueError(f"window must start on or after the assignment day, got {list(self.window)}")
+        if self.pre_window[1] >= 0:
+            raise ValueError(f"pre_window must end before the assignment day, got {list(self.pre_window)}")
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError("start_date is after end_date")
+        unknown_primary = sorted(set(self.primary or []) - set(self.metrics))
+        if unknown_primary:
+            raise ValueError(f"primary metrics {unknown_primary} are not listed in metrics")
+        if self.primary == []:
+            raise ValueError("primary must name at least one metric")
+        guarded = [g.metric for g in self.guardrails]
+        dupes = sorted({g for g in guarded if guarded.count(g) > 1})
+        if dupes:
+            raise ValueError(f"guardrail listed more than once: {dupes}")
+        return self
+
+    @property
+    def primary_metrics(self) -> list[str]:
+        return self.primary if self.primary else self.metrics[:1]
+
+    @property
+    def all_metrics(self) -> list[str]:
+        """Decision metrics then guardrails, each once."""
+        out = list(self.metrics)
+        out += [g.metric for g in self.guardrails if g.metric not in out]
+        return out
+
+    def role(self, metric: str) -> str:
+        if metric in self.primary_metrics:
+            return "primary"
+        if metric in self.metrics:
+            return "secondary"
+        return "guardrail"
+
+    @property
+    def treatments(self) -> list[str]:
+        return [v for v in self.weights if v != self.control]
+
+
+class RunConfig(_Strict):
+    """The whole configuration file."""
+
+    tables: dict[str, str] = {}
+    database: str | None = None
+    metrics_dir: str | None = None
+    assignments: AssignmentColumns = AssignmentColumns()
+    experiment: list[ExperimentConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RunConfig:
+        ids = [e.id for e in self.experiment]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"experiment ids must be unique, repeated: {dupes}")
+        return self
+
+
+class LoadedConfig(BaseModel):
+    """A validated configuration plus where it came from (paths already resolved)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    sha256: str
+    run: RunConfig
+
+    def experiment(self, experiment_id: str) -> ExperimentConfig:
+        for e in self.run.experiment:
+            if e.id == experiment_id:
+                return e
+        known = ", ".join(e.id for e in self.run.experiment)
+        raise ConfigError(f"{self.path}: no experiment with id {experiment_id!r} (known: {known})")
+
+    @property
+    def metrics_dir(self) -> Path | None:
+        return None if self.run.metrics_dir is None else Path(self.run.metrics_dir)
+
+
+def _location(loc: tuple[int | str, ...], data: dict) -> str:
+    """Render a pydantic error location as ``experiment[homepage_ranking_v2].weights``."""
+    parts: list[str] = []
+    node: object = data
+    for item in loc:
+        if isinstance(item, int) and parts:
+            label = str(item)
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                label = str(node[item].get("id", item))
+            parts[-1] = f"{parts[-1]}[{label}]"
+        else:
+            parts.append(str(item))
+        if isinstance(node, dict):
+            node = node.get(item) if isinstance(item, str) else None
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            node = node[item]
+        else:
+            node = None
+    return ".".join(parts) or "(top level)"
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, validate and resolve a configuration file, or raise ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    raw = path.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    try:
+        run = RunConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling)"
+            lines.append(f"{_location(e['loc'], data)}: {msg}")
+        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
+    run = _resolve_paths(run, path.parent.resolve(), path)
+    return LoadedConfig(path=path, sha256=hashlib.sha256(raw).hexdigest(), run=run)
+
+
+def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
+    """Make relative paths relative to the config file and check that they exist."""
+    tables: dict[str, str] = {}
+    for name, location in run.tables.items():
+        if not _looks_like_path(location):
+            tables[name] = location  # a table inside the database
+            continue
+        resolved = location if Path(location).is_absolute() else str(base / location)
+        if not glob.glob(resolved):
+            raise ConfigError(f"{path}: tables.{name}: no file matches {location!r}")
+        tables[name] = resolved
+    database = run.database
+    if database is not None:
+        db = Path(database) if Path(database).is_absolute() else base / database
+        if not db.is_file():
+            raise ConfigError(f"{path}: database: file {database!r} does not exist")
+        database = str(db)
+    metrics_dir = run.metrics_dir
+    if metrics_dir is not None:
+        md = Path(metrics_dir) if Path(metrics_dir).is_absolute() else base / metrics_dir
+        if not md.is_dir():
+            raise ConfigError(f"{path}: metrics_dir: directory {metrics_dir!r} does not exist")
+        metrics_dir = str(md)
+    return run.model_copy(update={"tables": tables, "database": database, "metrics_dir": metrics_dir})
+
+
+def _looks_like_path(location: str) -> bool:
+    return any(ch in location for ch in "/\\*") or location.endswith((".parquet", ".csv"))

@@ -1,0 +1,115 @@
+"""The ship decision, per experiment and treatment variant, with its reasons.
+
+``invalid``      a health gate failed: no number of this experiment can be trusted.
+``keep_running`` the minimum runtime or sample size is not met yet, or the stopping rule's
+                 bound has not been crossed.
+``no_ship``      a guardrail is breached, a primary metric moved the wrong way, or the
+                 primary metrics showed no significant improvement when the test ended.
+``ship``         every primary metric improved significantly (after multiple-testing
+                 correction) and no guardrail is breached.
+
+Only the ITT population decides: TOT is selected on exposure and the complier effect is an
+estimate derived from ITT, so neither adds evidence about the assignment's effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from xpkit.analysis import MetricInfo, MetricResult
+from xpkit.config import ExperimentConfig
+from xpkit.health import Check, failed_gates
+
+DecisionKind = Literal["ship", "no_ship", "keep_running", "invalid"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    variant: str
+    decision: DecisionKind
+    reasons: tuple[str, ...]
+
+
+def _fmt_effect(r: MetricResult) -> str:
+    e = r.effect
+    if e.rel_lift is not None:
+        return f"{e.rel_lift:+.2%} [{e.rel_ci_low:+.2%}, {e.rel_ci_high:+.2%}]"
+    return f"{e.abs_effect:+.4g} [{e.abs_ci_low:+.4g}, {e.abs_ci_high:+.4g}]"
+
+
+def decide(
+    experiment: ExperimentConfig,
+    metrics: Mapping[str, MetricInfo],
+    results: Sequence[MetricResult],
+    checks: Sequence[Check],
+    *,
+    days_observed: int,
+    min_units_observed: int,
+    stopping_reasons: Mapping[str, tuple[bool, str]] | None = None,
+) -> list[Decision]:
+    """One decision per treatment variant.
+
+    ``stopping_reasons`` maps a variant to (may_stop, reason) from the experiment's
+    stopping rule; without it the test is fixed-horizon at the minimum runtime.
+    """
+    decisions = []
+    gates = failed_gates(checks)
+    for variant in experiment.treatments:
+        if gates:
+            decisions.append(
+                Decision(variant, "invalid", tuple(f"{c.name}: {c.detail}" for c in gates))
+            )
+            continue
+        rows = [r for r in results if r.variant == variant and r.population == "itt"]
+        reasons: list[str] = ["health checks passed"]
+        breached = [r for r in rows if r.guardrail is not None and r.guardrail.breached]
+        primary = [r for r in rows if r.role == "primary"]
+        harmful, improved, flat = [], [], []
+        for r in primary:
+            p = r.p_value_adjusted if r.p_value_adjusted is not None else r.effect.p_value
+            good_direction = (r.effect.abs_effect > 0) == metrics[r.metric].higher_is_better
+            significant = p == p and p < experiment.alpha
+            line = f"{r.metric} {_fmt_effect(r)}, adjusted p = {p:.3g}"
+            if significant and good_direction:
+                improved.append(line)
+            elif significant:
+                harmful.append(line)
+            else:
+                flat.append(line)
+        for r in breached:
+            assert r.guardrail is not None
+            reasons.append(f"guardrail breached: {r.guardrail.reason}")
+        for line in harmful:
+            reasons.append(f"primary metric moved the wrong way: {line}")
+
+        runtime_ok = days_observed >= experiment.min_days
+        units_ok = min_units_observed >= experiment.min_units
+        if not runtime_ok:
+            reasons.append(f"minimum runtime not met: {days_observed} of {experiment.min_days} days")
+        if not units_ok:
+            reasons.append(
+                f"minimum sample not met: {min_units_observed} of {experiment.min_units} units "
+                f"in the smallest variant"
+            )
+        may_stop, stop_reason = (stopping_reasons or {}).get(variant, (True, ""))
+        if stop_reason:
+            reasons.append(stop_reason)
+
+        if not (runtime_ok and units_ok):
+            # Too early to end the test either way: a breach or harm seen now is reported
+            # in the reasons, but one noisy day does not end an experiment.
+            decisions.append(Decision(variant, "keep_running", tuple(reasons)))
+        elif breached or harmful:
+            decisions.append(Decision(variant, "no_ship", tuple(reasons)))
+        elif primary and len(improved) == len(primary) and may_stop:
+            reasons += [f"primary metric improved: {line}" for line in improved]
+            reasons.append("no guardrail breached")
+            decisions.append(Decision(variant, "ship", tuple(reasons)))
+        else:
+            reasons += [f"primary metric not significant: {line}" for line in flat]
+            reasons += [f"primary metric improved: {line}" for line in improved]
+            kind: DecisionKind = "no_ship" if may_stop else "keep_running"
+            decisions.append(Decision(variant, kind, tuple(reasons)))
+    return decisions

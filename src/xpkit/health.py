@@ -1,0 +1,195 @@
+"""Health checks: is the experiment's data fit to be analysed at all?
+
+Input is the per-variant assignment summary (counts only, from ``assignments.sql.j2``);
+output is a list of :class:`Check` rows. A failed *gate* makes every result of the
+experiment invalid: xpkit prints the reason first and exits 3 rather than show a
+clean-looking number computed on a broken split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from xpkit.config import ExperimentConfig
+from xpkit.stats.srm import srm_test
+
+
+@dataclass(frozen=True)
+class AssignmentSummary:
+    """Counts for one variant bucket (``variant=None``: units seen in several variants)."""
+
+    variant: str | None
+    n_units: int
+    n_rows: int
+    n_duplicate_rows: int
+    n_exposed: int
+    n_complete: int
+    first_assignment_date: date | None
+    last_assignment_date: date | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> AssignmentSummary:
+        return cls(
+            variant=None if row["multi_variant"] else str(row["variant"]),
+            n_units=int(row["n_units"] or 0),
+            n_rows=int(row["n_rows"] or 0),
+            n_duplicate_rows=int(row["n_duplicate_rows"] or 0),
+            n_exposed=int(row["n_exposed"] or 0),
+            n_complete=int(row["n_complete"] or 0),
+            first_assignment_date=row["first_assignment_date"],  # type: ignore[arg-type]
+            last_assignment_date=row["last_assignment_date"],  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    gate: bool
+    detail: str
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def srm_check(
+    name: str, counts: Mapping[str, int], weights: Mapping[str, float], threshold: float, what: str
+) -> Check:
+    total = sum(counts.values())
+    if total == 0:
+        return Check(name, None, threshold, False, True, f"no {what} units: nothing to test")
+    result = srm_test(counts, weights)
+    observed = ", ".join(
+        f"{v} {counts.get(v, 0)} ({_share(counts.get(v, 0), total):.2%} vs {weights[v]:.2%})"
+        for v in weights
+    )
+    passed = result.p_value >= threshold
+    verdict = "split matches the configured weights" if passed else "SAMPLE RATIO MISMATCH"
+    return Check(
+        name,
+        result.p_value,
+        threshold,
+        passed,
+        True,
+        f"{verdict}: chi-square p = {result.p_value:.3g} on {what} units: {observed}",
+    )
+
+
+def run_checks(
+    experiment: ExperimentConfig,
+    summary: Sequence[AssignmentSummary],
+    *,
+    exposure_configured: bool,
+) -> list[Check]:
+    """Every health check for one experiment, gates and information alike."""
+    checks: list[Check] = []
+    single = [s for s in summary if s.variant is not None]
+    multi = [s for s in summary if s.variant is None]
+    n_single = sum(s.n_units for s in single)
+    n_multi = sum(s.n_units for s in multi)
+    n_units = n_single + n_multi
+
+    if n_units == 0:
+        return [
+            Check(
+                "assignments_present",
+                0,
+                None,
+                False,
+                True,
+                f"no assignment rows for experiment {experiment.id!r}: check the id and the "
+                f"assignment table",
+            )
+        ]
+
+    unknown = sorted(s.variant for s in single if s.variant not in experiment.weights)
+    checks.append(
+        Check(
+            "unknown_variants",
+            float(len(unknown)),
+            0,
+            not unknown,
+            True,
+            f"variants in the data but not in the configuration: {unknown}"
+            if unknown
+            else "every variant in the data is configured",
+        )
+    )
+    known = {s.variant: s for s in single if s.variant in experiment.weights}
+    counts = {v: known[v].n_units if v in known else 0 for v in experiment.weights}
+    checks.append(
+        srm_check("srm_assignment", counts, experiment.weights, experiment.srm_threshold, "assigned")
+    )
+    if exposure_configured:
+        exposed = {v: known[v].n_exposed if v in known else 0 for v in experiment.weights}
+        checks.append(
+            srm_check("srm_exposed", exposed, experiment.weights, experiment.srm_threshold, "exposed")
+        )
+
+    share_multi = _share(n_multi, n_units)
+    checks.append(
+        Check(
+            "multi_variant_units",
+            share_multi,
+            experiment.max_multi_variant_share,
+            share_multi <= experiment.max_multi_variant_share,
+            True,
+            f"{n_multi} of {n_units} units ({share_multi:.2%}) were assigned to more than one "
+            f"variant; they are excluded from every metric",
+        )
+    )
+    n_rows = sum(s.n_rows for s in summary)
+    n_dupes = sum(s.n_duplicate_rows for s in single)
+    share_dupes = _share(n_dupes, n_rows)
+    checks.append(
+        Check(
+            "duplicate_assignment_rows",
+            share_dupes,
+            experiment.max_duplicate_row_share,
+            share_dupes <= experiment.max_duplicate_row_share,
+            True,
+            f"{n_dupes} of {n_rows} assignment rows ({share_dupes:.2%}) repeat a unit's "
+            f"assignment to the same variant; the earliest one is used",
+        )
+    )
+    n_complete = sum(s.n_complete for s in single)
+    share_incomplete = _share(n_single - n_complete, n_single)
+    checks.append(
+        Check(
+            "incomplete_windows",
+            share_incomplete,
+            experiment.max_incomplete_share,
+            share_incomplete <= experiment.max_incomplete_share,
+            True,
+            f"{n_single - n_complete} of {n_single} units ({share_incomplete:.2%}) are excluded "
+            f"because their {experiment.window[1] + 1}-day window is not complete yet",
+        )
+    )
+    if experiment.start_date or experiment.end_date:
+        firsts = [s.first_assignment_date for s in summary if s.first_assignment_date]
+        lasts = [s.last_assignment_date for s in summary if s.last_assignment_date]
+        early = experiment.start_date is not None and min(firsts) < experiment.start_date
+        late = experiment.end_date is not None and max(lasts) > experiment.end_date
+        span = f"{min(firsts)} .. {max(lasts)}"
+        checks.append(
+            Check(
+                "assignments_within_dates",
+                float(early or late),
+                0,
+                not (early or late),
+                True,
+                f"assignments span {span}, configured {experiment.start_date} .. "
+                f"{experiment.end_date}"
+                + ("" if not (early or late) else ": units were assigned outside the experiment dates"),
+            )
+        )
+    return checks
+
+
+def failed_gates(checks: Sequence[Check]) -> list[Check]:
+    return [c for c in checks if c.gate and not c.passed]

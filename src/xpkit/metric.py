@@ -1,0 +1,272 @@
+"""The analyst-facing API: ``Source`` and ``Metric`` declarations.
+
+A metric is a small class. Its ``expression`` is a per-unit aggregate written in SQL (DuckDB
+syntax); it is parsed by sqlglot when the class is defined, so a typo, a second statement,
+DDL or DML fails at import time with the metric's name, never inside an engine::
+
+    class WatchSeconds(Metric):
+        \"\"\"Seconds watched per member in the analysis window.\"\"\"
+        source = EngagementDaily
+        expression = "SUM(watch_seconds)"
+        covariate = "pre"        # CUPED on the same expression over the pre-period
+
+Column names are checked against the source's real schema when an experiment runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import ClassVar, Literal
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from xpkit.errors import MetricDefinitionError
+
+MetricKind = Literal["mean", "proportion", "ratio"]
+
+# Statement types that may never appear inside a metric expression: an expression is a
+# fragment that ends up inside xpkit's SELECT, so anything that writes, defines or nests a
+# query is a mistake (or an injection) and is rejected before any SQL is rendered.
+_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Select,
+    exp.Subquery,
+    exp.Union,
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Create,
+    exp.Drop,
+    exp.Alter,
+    exp.Command,
+    exp.Window,
+    exp.Star,
+)
+
+
+def snake_case(name: str) -> str:
+    """``WatchSeconds`` -> ``watch_seconds``; ``CTRClicks`` -> ``ctr_clicks``."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+
+
+def parse_fragment(sql: str, *, owner: str, field: str, aggregate: bool) -> exp.Expression:
+    """Parse one SQL expression, rejecting anything that is not a plain fragment.
+
+    ``aggregate=True`` demands a per-unit aggregate (it must contain an aggregate function
+    and no bare column outside one); ``aggregate=False`` demands a row-level predicate or
+    value (no aggregate at all).
+    """
+    if not isinstance(sql, str) or not sql.strip():
+        raise MetricDefinitionError(f"{owner}: `{field}` must be a non-empty SQL string")
+    try:
+        statements = sqlglot.parse(sql, read="duckdb")
+    except ParseError as err:
+        first = err.errors[0]["description"] if err.errors else str(err)
+        raise MetricDefinitionError(
+            f"{owner}: `{field}` is not valid SQL ({first}): {sql!r}"
+        ) from None
+    statements = [s for s in statements if s is not None]
+    if len(statements) != 1:
+        raise MetricDefinitionError(
+            f"{owner}: `{field}` must be a single expression, found {len(statements)} "
+            f"statements: {sql!r}"
+        )
+    tree = statements[0]
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN_NODES) and not (
+            isinstance(node, exp.Star) and isinstance(node.parent, exp.Count)
+        ):
+            raise MetricDefinitionError(
+                f"{owner}: `{field}` may only be an expression over the source's columns; "
+                f"{type(node).__name__.upper()} is not allowed: {sql!r}"
+            )
+    has_agg = any(isinstance(n, exp.AggFunc) for n in tree.walk())
+    if aggregate:
+        if not has_agg:
+            raise MetricDefinitionError(
+                f"{owner}: `{field}` must be a per-unit aggregate such as SUM(col), "
+                f"MAX(CASE ...) or COUNT(*): {sql!r}"
+            )
+        for col in tree.find_all(exp.Column):
+            if col.find_ancestor(exp.AggFunc) is None:
+                raise MetricDefinitionError(
+                    f"{owner}: column {col.name!r} in `{field}` is used outside an aggregate; "
+                    f"wrap it, e.g. SUM({col.name}): {sql!r}"
+                )
+    elif has_agg:
+        raise MetricDefinitionError(
+            f"{owner}: `{field}` is applied to each source row and may not aggregate: {sql!r}"
+        )
+    return tree
+
+
+def referenced_columns(tree: exp.Expression) -> set[str]:
+    return {c.name for c in tree.find_all(exp.Column)}
+
+
+class Source:
+    """Where a metric's rows come from.
+
+    ``table`` is a logical name that the run configuration maps to a Parquet path/glob or
+    a table in the database; ``unit`` is the randomisation unit's column and ``time`` the
+    row's date (or timestamp) column.
+    """
+
+    table: ClassVar[str]
+    unit: ClassVar[str] = "member_id"
+    time: ClassVar[str] = "date"
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        owner = f"source {cls.__name__}"
+        if "name" not in cls.__dict__:
+            cls.name = snake_case(cls.__name__)
+        for attr in ("table", "unit", "time"):
+            value = getattr(cls, attr, None)
+            if not isinstance(value, str) or not value.strip():
+                raise MetricDefinitionError(f"{owner}: `{attr}` must be a non-empty string")
+        for attr in ("unit", "time"):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(cls, attr)):
+                raise MetricDefinitionError(
+                    f"{owner}: `{attr}` must be a plain column name, got {getattr(cls, attr)!r}"
+                )
+
+
+class Metric:
+    """A per-unit metric over a post-assignment window.
+
+    Attributes an analyst sets:
+
+    - ``source``: a :class:`Source` subclass.
+    - ``expression``: per-unit aggregate (``SUM(watch_seconds)``); units with no rows in the
+      window count as 0, never dropped.
+    - ``kind``: ``"mean"`` (default), ``"proportion"`` (expression is 0/1 per unit) or
+      ``"ratio"`` (``expression`` / ``denominator``, both per-unit aggregates, analysed with
+      the delta method).
+    - ``denominator``: the per-unit aggregate under a ratio.
+    - ``filter``: optional row predicate applied before aggregating (``device = 'tv'``).
+    - ``covariate``: ``"pre"`` for CUPED on the same expression over the pre-assignment
+      window, another per-unit aggregate evaluated over the pre-window, or ``None``.
+    - ``cap``: winsorise the per-unit value at a fixed number (``cap = 86400``) or at a
+      pooled percentile (``cap = "p99"``).
+    - ``higher_is_better``: direction used by decisions and guardrails.
+    - ``name``: defaults to the snake_case of the class name; the docstring is the
+      description.
+    """
+
+    source: ClassVar[type[Source]]
+    expression: ClassVar[str]
+    kind: ClassVar[MetricKind] = "mean"
+    denominator: ClassVar[str | None] = None
+    filter: ClassVar[str | None] = None
+    covariate: ClassVar[str | None] = None
+    cap: ClassVar[float | str | None] = None
+    higher_is_better: ClassVar[bool] = True
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    # Parsed forms, set at class definition.
+    expression_tree: ClassVar[exp.Expression]
+    denominator_tree: ClassVar[exp.Expression | None]
+    filter_tree: ClassVar[exp.Expression | None]
+    covariate_tree: ClassVar[exp.Expression | None]
+    cap_value: ClassVar[float | None]
+    cap_percentile: ClassVar[float | None]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = snake_case(cls.__name__)
+        owner = f"metric {cls.name!r} ({cls.__module__}.{cls.__qualname__})"
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", cls.name):
+            raise MetricDefinitionError(
+                f"{owner}: name must be lower snake_case letters, digits and _, got {cls.name!r}"
+            )
+        cls.description = " ".join((cls.__doc__ or "").split())
+        source = getattr(cls, "source", None)
+        if not (isinstance(source, type) and issubclass(source, Source) and source is not Source):
+            raise MetricDefinitionError(f"{owner}: `source` must be a Source subclass")
+        if cls.kind not in ("mean", "proportion", "ratio"):
+            raise MetricDefinitionError(
+                f"{owner}: `kind` must be 'mean', 'proportion' or 'ratio', got {cls.kind!r}"
+            )
+        cls.expression_tree = parse_fragment(
+            getattr(cls, "expression", None), owner=owner, field="expression", aggregate=True
+        )
+        if cls.kind == "ratio":
+            if cls.denominator is None:
+                raise MetricDefinitionError(f"{owner}: a ratio metric needs a `denominator`")
+            cls.denominator_tree = parse_fragment(
+                cls.denominator, owner=owner, field="denominator", aggregate=True
+            )
+        elif cls.denominator is not None:
+            raise MetricDefinitionError(
+                f"{owner}: `denominator` is only for kind = 'ratio' (kind is {cls.kind!r})"
+            )
+        else:
+            cls.denominator_tree = None
+        cls.filter_tree = (
+            None
+            if cls.filter is None
+            else parse_fragment(cls.filter, owner=owner, field="filter", aggregate=False)
+        )
+        if cls.covariate is None:
+            cls.covariate_tree = None
+        elif cls.covariate == "pre":
+            cls.covariate_tree = cls.expression_tree
+        else:
+            cls.covariate_tree = parse_fragment(
+                cls.covariate, owner=owner, field="covariate", aggregate=True
+            )
+        cls.cap_value, cls.cap_percentile = _parse_cap(cls.cap, owner)
+        if cls.kind == "ratio" and cls.cap is not None:
+            raise MetricDefinitionError(f"{owner}: `cap` is not supported on ratio metrics")
+        if not isinstance(cls.higher_is_better, bool):
+            raise MetricDefinitionError(f"{owner}: `higher_is_better` must be True or False")
+
+    @classmethod
+    def columns_used(cls) -> set[str]:
+        trees = [cls.expression_tree, cls.denominator_tree, cls.filter_tree, cls.covariate_tree]
+        cols: set[str] = set()
+        for tree in trees:
+            if tree is not None:
+                cols |= referenced_columns(tree)
+        return cols
+
+    @classmethod
+    def definition_sha256(cls) -> str:
+        """Hash of everything that defines the metric's numbers (for provenance)."""
+        parts = [
+            cls.name,
+            cls.kind,
+            cls.source.table,
+            cls.source.unit,
+            cls.source.time,
+            cls.expression_tree.sql("duckdb"),
+            "" if cls.denominator_tree is None else cls.denominator_tree.sql("duckdb"),
+            "" if cls.filter_tree is None else cls.filter_tree.sql("duckdb"),
+            "" if cls.covariate_tree is None else cls.covariate_tree.sql("duckdb"),
+            repr(cls.cap),
+            repr(cls.higher_is_better),
+        ]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _parse_cap(cap: object, owner: str) -> tuple[float | None, float | None]:
+    if cap is None:
+        return None, None
+    if isinstance(cap, bool):
+        raise MetricDefinitionError(f"{owner}: `cap` must be a number or 'pNN', got {cap!r}")
+    if isinstance(cap, int | float):
+        return float(cap), None
+    if isinstance(cap, str):
+        m = re.fullmatch(r"p(\d+(?:\.\d+)?)", cap.strip())
+        if m and 0 < float(m.group(1)) < 100:
+            return None, float(m.group(1)) / 100
+    raise MetricDefinitionError(
+        f"{owner}: `cap` must be a number (cap = 86400) or a percentile like 'p99', got {cap!r}"
+    )

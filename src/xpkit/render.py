@@ -1,0 +1,112 @@
+"""Scorecard tables -> text for a terminal.
+
+Order matters: an invalid result's reason comes first and loudly, then the decision, then
+the health checks, then the numbers. TOT is always labelled as selected on exposure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+from xpkit.analysis import POPULATION_NOTES
+
+_POPULATION_TITLES = {
+    "itt": "ITT",
+    "tot": "TOT (selection-biased)",
+    "cace": "CACE (complier effect)",
+}
+
+
+def _num(x: object, fmt: str = "{:.4g}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def _pct(x: object) -> str:
+    return _num(x, "{:+.2%}")
+
+
+def _interval(lo: object, hi: object, pct: bool) -> str:
+    if lo is None or hi is None:
+        return ""
+    f = _pct if pct else _num
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str:
+    rows = scorecard.to_pylist()
+    if not rows:
+        return "(empty scorecard)"
+    first = rows[0]
+    out: list[str] = []
+    title = f"Experiment {first['experiment_id']}  (data as of {first['as_of']}, run {first['run_date']})"
+    out += [title, "=" * len(title)]
+    if not first["valid"]:
+        out += [
+            "",
+            "!!! INVALID RESULT — DO NOT USE THESE NUMBERS FOR A DECISION !!!",
+            f"!!! {first['invalid_reason']}",
+        ]
+        if first["abs_effect"] is None:
+            out.append("!!! Effects are withheld; rerun with --allow-invalid to inspect them.")
+        else:
+            out.append("!!! Effects are shown because --allow-invalid was given.")
+    out.append("")
+    seen = set()
+    for r in rows:
+        if r["variant"] in seen or r["decision"] is None:
+            continue
+        seen.add(r["variant"])
+        out.append(f"Decision for {r['variant']} vs {r['control_variant']}: {r['decision'].upper()}")
+        out += [f"  - {reason}" for reason in r["decision_reasons"] or []]
+    if checks is not None and checks.num_rows:
+        out += ["", "Health checks"]
+        for c in checks.to_pylist():
+            mark = "PASS" if c["passed"] else ("FAIL" if c["gate"] else "WARN")
+            out.append(f"  [{mark}] {c['name']}: {c['detail']}")
+    for population in ("itt", "tot", "cace"):
+        prow = [r for r in rows if r["population"] == population]
+        if not prow:
+            continue
+        out += ["", f"{_POPULATION_TITLES[population]} — {POPULATION_NOTES[population]}"]
+        header = ["metric", "role", "variant", "n ctl/var", "mean ctl", "mean var", "rel lift [CI]",
+                  "abs effect [CI]", "p", "p adj", "method"]
+        table = []
+        for r in prow:
+            method = r["method"]
+            if r["variance_reduction"] is not None:
+                method += f" (var -{r['variance_reduction']:.0%})"
+            flag = ""
+            if r["guardrail_breached"]:
+                flag = "  << guardrail breached"
+            table.append(
+                [
+                    r["metric"],
+                    r["role"],
+                    r["variant"],
+                    f"{r['n_control']}/{r['n_variant']}",
+                    _num(r["mean_control"]),
+                    _num(r["mean_variant"]),
+                    f"{_pct(r['rel_lift'])} {_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
+                    f"{_num(r['abs_effect'])} {_interval(r['abs_ci_low'], r['abs_ci_high'], False)}".strip(),
+                    _num(r["p_value"], "{:.3g}"),
+                    _num(r["p_value_adjusted"], "{:.3g}"),
+                    method + flag,
+                ]
+            )
+        out += ["  " + line for line in _table(header, table)]
+    out += [
+        "",
+        f"xpkit {first['xpkit_version']}, sql sha256 {str(first['sql_sha256'])[:12]}, "
+        f"config sha256 {str(first['config_sha256'])[:12]}, rows read {first['rows_read']}",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,246 @@
+"""One experiment, end to end: resolve dates -> compile -> run -> moments -> stats -> scorecard.
+
+Each step is a plain call into its own module with a typed value between them; this module
+only orders them and carries provenance along.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from xpkit import __version__
+from xpkit.analysis import MetricInfo, analyse
+from xpkit.compile import (
+    CompiledQuery,
+    ExperimentDates,
+    check_columns,
+    compile_assignment_health,
+    compile_bounds,
+    compile_moments,
+)
+from xpkit.config import ExperimentConfig, LoadedConfig
+from xpkit.decision import decide
+from xpkit.engine import Engine
+from xpkit.errors import ConfigError, DataError, MetricDefinitionError
+from xpkit.health import AssignmentSummary, Check, failed_gates, run_checks
+from xpkit.metric import Metric
+from xpkit.readout import read_moments
+from xpkit.registry import MetricRegistry
+from xpkit.scorecard import (
+    CHECKS_FILE,
+    SCORECARD_FILE,
+    Provenance,
+    build_checks,
+    build_scorecard,
+    output_dir,
+    write_atomic,
+)
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    experiment_id: str
+    scorecard: pa.Table
+    checks: pa.Table
+    valid: bool
+    sql: str
+    paths: tuple[Path, ...] = ()
+
+
+def resolve_metrics(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_id: str,
+    names: Sequence[str] | None = None,
+) -> list[type[Metric]]:
+    """The experiment's metrics (or ``names``), as classes; unknown names name the field."""
+    experiment = config.experiment(experiment_id)
+    if names is not None:
+        return registry.resolve(names)
+    try:
+        return registry.resolve(experiment.all_metrics)
+    except MetricDefinitionError as err:
+        raise ConfigError(f"{config.path}: experiment[{experiment_id}].metrics: {err}") from None
+
+
+def resolve_dates(
+    config: LoadedConfig,
+    metrics: Sequence[type[Metric]],
+    experiment_id: str,
+    engine: Engine,
+    as_of: date | None = None,
+) -> ExperimentDates | None:
+    """First/last assignment date and the as-of date; None when nothing was assigned."""
+    experiment = config.experiment(experiment_id)
+    bounds = compile_bounds(experiment, metrics, config.run.assignments, dialect=engine.dialect)
+    row = engine.query(bounds.sql).to_pylist()[0]
+    first, last = row.pop("first_assignment_date"), row.pop("last_assignment_date")
+    if first is None:
+        return None
+    if as_of is None:
+        last_dates = [d for d in row.values() if d is not None]
+        if not last_dates:
+            raise DataError(f"experiment {experiment_id!r}: the metric sources have no rows")
+        # The earliest of the sources' last dates: a window is complete only when every
+        # source has data through its end.
+        as_of = min(last_dates)
+    return ExperimentDates(first_assignment=first, last_assignment=last, as_of=as_of)
+
+
+def compile_experiment(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_id: str,
+    engine: Engine,
+    *,
+    dialect: str | None = None,
+    as_of: date | None = None,
+    metric_names: Sequence[str] | None = None,
+) -> CompiledQuery:
+    """The moments statement for an experiment, checked against the real schema."""
+    metrics = resolve_metrics(config, registry, experiment_id, metric_names)
+    check_schema(config, metrics, engine)
+    dates = resolve_dates(config, metrics, experiment_id, engine, as_of)
+    if dates is None:
+        raise DataError(
+            f"experiment {experiment_id!r}: no rows in the assignment table "
+            f"{config.run.assignments.table!r}; check the experiment id"
+        )
+    return compile_moments(
+        config.experiment(experiment_id),
+        metrics,
+        config.run.assignments,
+        dates,
+        dialect=dialect or engine.dialect,
+    )
+
+
+def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: Engine) -> None:
+    tables = {config.run.assignments.table} | {m.source.table for m in metrics}
+    schemas = {}
+    for table in tables:
+        cols = engine.columns(table)
+        if cols is not None:
+            schemas[table] = cols
+    try:
+        check_columns(metrics, config.run.assignments, schemas)
+    except DataError as err:
+        raise DataError(f"{config.path}: {err}") from None
+
+
+def run_experiment(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_id: str,
+    engine: Engine,
+    *,
+    as_of: date | None = None,
+    run_date: date | None = None,
+    allow_invalid: bool = False,
+) -> ExperimentRun:
+    experiment = config.experiment(experiment_id)
+    metrics = resolve_metrics(config, registry, experiment_id)
+    check_schema(config, metrics, engine)
+    computed_at = datetime.now(UTC)
+    run_date = run_date or computed_at.date()
+    assignments = config.run.assignments
+    dates = resolve_dates(config, metrics, experiment_id, engine, as_of)
+
+    health_sql = compile_assignment_health(
+        experiment, assignments, dates.as_of if dates else run_date, dialect=engine.dialect
+    )
+    summary = [AssignmentSummary.from_row(r) for r in engine.query(health_sql.sql).to_pylist()]
+    checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
+    infos: dict[str, MetricInfo] = {}
+    results = []
+    sql = ""
+    rows_read = {assignments.table: sum(s.n_rows for s in summary)}
+    if dates is not None:
+        query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
+        assert query.layout is not None
+        sql = query.sql
+        result = engine.query(sql)
+        moments = read_moments(result, query.layout)
+        itt_rows = [r for r in result.to_pylist() if r["population"] == "itt"]
+        for column, table in query.layout.row_counts.items():
+            rows_read[table] = rows_read.get(table, 0) + int(sum(r[column] or 0 for r in itt_rows))
+        infos = {
+            m.name: MetricInfo(m.name, m.kind, m.higher_is_better, query.layout.metrics[m.name])
+            for m in metrics
+        }
+        results = analyse(experiment, infos, moments)
+        checks += _sample_checks(experiment, moments.variants("itt"))
+    days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
+    n_by_variant = {
+        r.variant: r.effect.n_treatment for r in results if r.population == "itt"
+    }
+    n_control = next((r.effect.n_control for r in results if r.population == "itt"), 0)
+    smallest = min([n_control, *n_by_variant.values()]) if results else 0
+    decisions = decide(
+        experiment, infos, results, checks, days_observed=days, min_units_observed=smallest
+    )
+    provenance = Provenance(
+        computed_at=computed_at,
+        xpkit_version=__version__,
+        sql_sha256=query.sha256 if dates is not None else "",
+        config_sha256=config.sha256,
+        metric_sha256={m.name: m.definition_sha256() for m in metrics},
+        rows_read=rows_read,
+    )
+    scorecard = build_scorecard(
+        experiment,
+        infos,
+        results,
+        checks,
+        decisions,
+        provenance,
+        run_date=run_date,
+        as_of=dates.as_of if dates else run_date,
+        allow_invalid=allow_invalid,
+    )
+    return ExperimentRun(
+        experiment_id=experiment.id,
+        scorecard=scorecard,
+        checks=build_checks(experiment.id, run_date, checks),
+        valid=not failed_gates(checks),
+        sql=sql,
+    )
+
+
+def _sample_checks(experiment: ExperimentConfig, variants: list[str]) -> list[Check]:
+    """Every configured variant must have analysable units once windows are applied."""
+    missing = [v for v in experiment.weights if v not in variants]
+    if not missing:
+        return []
+    return [
+        Check(
+            "variants_with_complete_windows",
+            float(len(missing)),
+            0,
+            False,
+            True,
+            f"no unit with a complete window in variant(s) {missing}: nothing to compare yet",
+        )
+    ]
+
+
+def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
+    run_date = run.scorecard.column("run_date")[0].as_py() if run.scorecard.num_rows else (
+        run.checks.column("run_date")[0].as_py()
+    )
+    folder = output_dir(out, run.experiment_id, run_date)
+    write_atomic(run.scorecard, folder / SCORECARD_FILE)
+    write_atomic(run.checks, folder / CHECKS_FILE)
+    return ExperimentRun(
+        run.experiment_id,
+        run.scorecard,
+        run.checks,
+        run.valid,
+        run.sql,
+        (folder / SCORECARD_FILE, folder / CHECKS_FILE),
+    )
