@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -552,6 +553,8 @@ class _RowGroupWriter:
     ParquetWriter.write_table makes at least one row group per call, so slices smaller than
     a row group are buffered here; otherwise a 40,000-member block would become a tiny row
     group and the footer statistics (what lets a date filter skip data) would be diluted.
+    Encoding and compression run on a background thread (Arrow releases the GIL) while the
+    next slice is drawn; at most one row group is in flight, so memory stays bounded.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_size: int) -> None:
@@ -563,6 +566,8 @@ class _RowGroupWriter:
         self._size = row_group_size
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._in_flight: Future[None] | None = None
         self.rows = 0
 
     def append(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -573,17 +578,32 @@ class _RowGroupWriter:
         if self._pending_rows >= self._size:
             table = pa.Table.from_batches(self._pending, self._schema)
             full = (table.num_rows // self._size) * self._size
-            self._writer.write_table(table.slice(0, full), row_group_size=self._size)
+            self._write(table.slice(0, full))
             rest = table.slice(full)
             self._pending = rest.to_batches()
             self._pending_rows = rest.num_rows
 
+    def _write(self, table: pa.Table) -> None:
+        self._wait()
+        self._in_flight = self._pool.submit(
+            self._writer.write_table, table, row_group_size=self._size
+        )
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            # .result() re-raises a failed write here, in the generating thread.
+            self._in_flight.result()
+            self._in_flight = None
+
     def close(self) -> None:
-        if self._pending_rows:
-            table = pa.Table.from_batches(self._pending, self._schema)
-            self._writer.write_table(table, row_group_size=self._size)
-        self._pending = []
-        self._writer.close()
+        try:
+            if self._pending_rows:
+                self._write(pa.Table.from_batches(self._pending, self._schema))
+            self._wait()
+        finally:
+            self._pending = []
+            self._pool.shutdown(wait=True)
+            self._writer.close()
 
 
 @contextmanager

@@ -1,0 +1,510 @@
+"""Tests for the sample-data generator: shape, determinism, the designed defects, and the
+true effects in the manifest checked against independent SQL over the generated tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+from xpkit.sample_data import generate as gen_module
+from xpkit.sample_data.generate import Manifest, generate
+
+DEFAULT_MEMBERS = 40_000
+METRICS = ("watch_seconds", "sessions", "plays", "errors")
+DATA_END = date(2024, 4, 4)
+
+
+@dataclass(frozen=True)
+class Generated:
+    out: Path
+    manifest: Manifest
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    out = tmp_path_factory.mktemp("sample")
+    started = time.perf_counter()
+    manifest = generate(out)
+    return Generated(out, manifest, time.perf_counter() - started)
+
+
+@pytest.fixture(scope="module")
+def con(sample: Generated) -> duckdb.DuckDBPyConnection:
+    db = duckdb.connect()
+    db.execute(
+        f"CREATE VIEW a AS SELECT * FROM read_parquet('{sample.out / 'experiment_assignments.parquet'}')"
+    )
+    db.execute(
+        f"CREATE VIEW e AS SELECT * FROM read_parquet('{sample.out / 'engagement_daily.parquet'}')"
+    )
+    # One row per unit the way xpkit analyses it: earliest assignment, variants counted.
+    db.execute(
+        """
+        CREATE VIEW units AS
+        SELECT experiment_id, member_id,
+               MIN(assignment_timestamp)::DATE AS d0,
+               COUNT(DISTINCT variant) AS n_variants,
+               ARG_MIN(variant, assignment_timestamp) AS variant,
+               ARG_MIN(exposed_flag, assignment_timestamp) AS exposed
+        FROM a GROUP BY experiment_id, member_id
+        """
+    )
+    return db
+
+
+def _window_sums(con: duckdb.DuckDBPyConnection, experiment: str) -> str:
+    """SQL for per-unit 7-day window sums (post) and 14-day pre-period sums (pre)."""
+    post = ", ".join(
+        f"COALESCE(SUM(e.{m}) FILTER (WHERE e.date >= u.d0), 0)::DOUBLE AS {m}" for m in METRICS
+    )
+    pre = ", ".join(
+        f"COALESCE(SUM(e.{m}) FILTER (WHERE e.date < u.d0), 0)::DOUBLE AS pre_{m}" for m in METRICS
+    )
+    return f"""
+        SELECT u.member_id, u.variant, u.exposed, {post}, {pre}
+        FROM units u
+        LEFT JOIN e ON e.member_id = u.member_id
+            AND e.date BETWEEN u.d0 - INTERVAL 14 DAY AND u.d0 + INTERVAL 6 DAY
+        WHERE u.experiment_id = '{experiment}' AND u.n_variants = 1
+            AND u.d0 + INTERVAL 6 DAY <= DATE '{DATA_END}'
+        GROUP BY u.member_id, u.variant, u.exposed
+    """
+
+
+# --- shape ------------------------------------------------------------------------------
+def test_default_size_is_fast(sample: Generated) -> None:
+    print(f"\ngenerated {DEFAULT_MEMBERS:,} members in {sample.seconds:.2f} s")
+    assert sample.seconds < 10
+
+
+def test_schema_is_exact(sample: Generated, con: duckdb.DuckDBPyConnection) -> None:
+    assignments = pq.read_schema(sample.out / "experiment_assignments.parquet")
+    assert [(f.name, f.type) for f in assignments] == [
+        ("experiment_id", pa.string()),
+        ("member_id", pa.int64()),
+        ("variant", pa.string()),
+        ("assignment_timestamp", pa.timestamp("us")),
+        ("exposed_flag", pa.bool_()),
+        ("country", pa.string()),
+        ("device", pa.string()),
+    ]
+    daily = pq.read_schema(sample.out / "engagement_daily.parquet")
+    assert [(f.name, f.type) for f in daily] == [
+        ("member_id", pa.int64()),
+        ("date", pa.date32()),
+        ("watch_seconds", pa.float64()),
+        ("sessions", pa.int32()),
+        ("plays", pa.int32()),
+        ("errors", pa.int32()),
+    ]
+    sql_types = {
+        view: [(r[0], r[1]) for r in con.execute(f"DESCRIBE {view}").fetchall()]
+        for view in ("a", "e")
+    }
+    assert sql_types["a"] == [
+        ("experiment_id", "VARCHAR"),
+        ("member_id", "BIGINT"),
+        ("variant", "VARCHAR"),
+        ("assignment_timestamp", "TIMESTAMP"),
+        ("exposed_flag", "BOOLEAN"),
+        ("country", "VARCHAR"),
+        ("device", "VARCHAR"),
+    ]
+    assert sql_types["e"] == [
+        ("member_id", "BIGINT"),
+        ("date", "DATE"),
+        ("watch_seconds", "DOUBLE"),
+        ("sessions", "INTEGER"),
+        ("plays", "INTEGER"),
+        ("errors", "INTEGER"),
+    ]
+    nulls = con.execute(
+        "SELECT COUNT(*) FROM e WHERE watch_seconds IS NULL OR sessions IS NULL OR errors IS NULL"
+    ).fetchone()
+    assert nulls == (0,)
+    labels = con.execute(
+        "SELECT LIST(DISTINCT country ORDER BY country), LIST(DISTINCT device ORDER BY device) FROM a"
+    ).fetchone()
+    assert labels == (["BR", "DE", "IN", "JP", "US"], ["mobile", "tv", "web"])
+
+
+def test_daily_values_are_plausible(con: duckdb.DuckDBPyConnection) -> None:
+    activity, min_watch, min_sessions, plays_per_session, error_rate = con.execute(
+        """
+        SELECT COUNT(*) / (COUNT(DISTINCT member_id) * 35.0), MIN(watch_seconds),
+               MIN(sessions), SUM(plays) / SUM(sessions), SUM(errors) / SUM(plays)
+        FROM e
+        """
+    ).fetchone()
+    assert 0.55 < activity < 0.65  # about 60% of member-days have a row
+    assert min_watch > 0 and min_sessions >= 1
+    assert 1.3 < plays_per_session < 1.6
+    assert 0.005 < error_rate < 0.02
+
+
+def test_daily_sorted_by_date_with_narrow_row_groups(tmp_path: Path) -> None:
+    generate(tmp_path, members=3_000, seed=1, row_group_size=5_000)
+    path = tmp_path / "engagement_daily.parquet"
+    table = pq.read_table(path, columns=["date", "member_id"])
+    days = table.column("date").to_numpy().astype("datetime64[D]").astype(np.int64)
+    ids = table.column("member_id").to_numpy()
+    later = (days[1:] > days[:-1]) | ((days[1:] == days[:-1]) & (ids[1:] > ids[:-1]))
+    assert later.all()  # strictly increasing (date, member_id): sorted, one row per member-day
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups > 5
+    date_col = meta.schema.names.index("date")
+    ranges = [
+        (meta.row_group(i).column(date_col).statistics.min,
+         meta.row_group(i).column(date_col).statistics.max)
+        for i in range(meta.num_row_groups)
+    ]  # fmt: skip
+    # Consecutive row groups overlap on at most one boundary date: a filter on a date range
+    # can skip every other group by its statistics.
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:], strict=False))
+    assert all(meta.row_group(i).num_rows == 5_000 for i in range(meta.num_row_groups - 1))
+
+
+# --- determinism ------------------------------------------------------------------------
+def _tables(out: Path) -> tuple[pa.Table, pa.Table]:
+    return (
+        pq.read_table(out / "experiment_assignments.parquet"),
+        pq.read_table(out / "engagement_daily.parquet"),
+    )
+
+
+def test_same_seed_same_data_and_row_group_size_is_layout_only(tmp_path: Path) -> None:
+    first = generate(tmp_path / "a", members=2_000, seed=11)
+    second = generate(tmp_path / "b", members=2_000, seed=11, row_group_size=777)
+    other = generate(tmp_path / "c", members=2_000, seed=12)
+    a, b, c = _tables(tmp_path / "a"), _tables(tmp_path / "b"), _tables(tmp_path / "c")
+    assert a[0].equals(b[0]) and a[1].equals(b[1])
+    assert first.to_dict() == second.to_dict()
+    assert not a[0].equals(c[0]) and not a[1].equals(c[1])
+    assert first.to_dict() != other.to_dict()
+
+
+def test_several_member_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gen_module, "MEMBER_BLOCK", 700)
+    manifest = generate(tmp_path / "a", members=2_500, seed=3, row_group_size=10_000)
+    generate(tmp_path / "b", members=2_500, seed=3, row_group_size=3_000)
+    assignments, daily = _tables(tmp_path / "a")
+    assert assignments.equals(_tables(tmp_path / "b")[0])
+    assert daily.equals(_tables(tmp_path / "b")[1])
+    ids = np.unique(daily.column("member_id").to_numpy())
+    assert ids.min() >= 1 and ids.max() <= 2_500
+    assigned = np.unique(assignments.column("member_id").to_numpy())
+    lost = sum(e.counts["lost_assignment_rows"] for e in manifest.experiments)
+    assert len(assigned) == 2_500 - lost
+    days = daily.column("date").to_numpy()
+    assert np.all(np.diff(days.astype("datetime64[D]").astype(np.int64)) >= 0)
+
+
+# --- population and assignment ----------------------------------------------------------
+def test_each_member_in_one_experiment(sample: Generated, con: duckdb.DuckDBPyConnection) -> None:
+    n_experiments, members, lost_members = con.execute(
+        f"""
+        SELECT MAX(n), COUNT(*), {DEFAULT_MEMBERS} - COUNT(*)
+        FROM (SELECT member_id, COUNT(DISTINCT experiment_id) AS n FROM a GROUP BY member_id)
+        """
+    ).fetchone()
+    assert n_experiments == 1
+    manifest = sample.manifest
+    assert lost_members == manifest.experiment("player_srm").counts["lost_assignment_rows"]
+    assert con.execute("SELECT MIN(member_id), MAX(member_id) FROM e").fetchone() == (
+        1,
+        DEFAULT_MEMBERS,
+    )
+
+
+def test_multi_variant_units_and_duplicate_rows(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    by_experiment = {
+        row[0]: row[1:]
+        for row in con.execute(
+            """
+            SELECT experiment_id,
+                   COUNT(DISTINCT member_id),
+                   COUNT(DISTINCT member_id) FILTER (WHERE n_variants > 1),
+                   SUM(rows - 1) FILTER (WHERE n_variants = 1)
+            FROM (
+                SELECT experiment_id, member_id, COUNT(*) AS rows,
+                       COUNT(DISTINCT variant) AS n_variants
+                FROM a GROUP BY experiment_id, member_id
+            ) GROUP BY experiment_id
+            """
+        ).fetchall()
+    }
+    units, multi, duplicates = by_experiment["homepage_ranking_v2"]
+    counts = sample.manifest.experiment("homepage_ranking_v2").counts
+    assert multi == counts["multi_variant_units"]
+    assert duplicates == counts["duplicate_rows"]
+    assert 0.0005 < multi / units < 0.005  # about 0.2%, well under 1%
+    assert 0.0002 < duplicates / units < 0.003  # about 0.1%
+    for experiment in ("artwork_abc", "player_srm", "search_exposure_bug"):
+        assert by_experiment[experiment][1:] == (0, 0)
+    # Duplicates are exact apart from a later timestamp, so deduplicating on the member and
+    # keeping the earliest row changes nothing else.
+    changed = con.execute(
+        """
+        SELECT COUNT(*) FROM a JOIN units u USING (experiment_id, member_id)
+        WHERE u.n_variants = 1 AND (a.variant <> u.variant OR a.exposed_flag <> u.exposed
+              OR a.assignment_timestamp::DATE < u.d0)
+        """
+    ).fetchone()
+    assert changed == (0,)
+
+
+def test_pre_period_exists_before_every_assignment(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    first_day, last_day, n_days = con.execute(
+        "SELECT MIN(date), MAX(date), COUNT(DISTINCT date) FROM e"
+    ).fetchone()
+    assert (first_day, last_day, n_days) == (date(2024, 3, 1), DATA_END, 35)
+    earliest, latest = con.execute("SELECT MIN(d0), MAX(d0) FROM units").fetchone()
+    assert (earliest - first_day).days >= 14
+    assert str(earliest) == sample.manifest.dates["enrolment_start"]
+    assert str(latest) == sample.manifest.dates["enrolment_end"]
+    assert sample.manifest.dates["last_complete_assignment_date"] == "2024-03-29"
+    incomplete = con.execute(
+        f"SELECT AVG((d0 + INTERVAL 6 DAY > DATE '{DATA_END}')::INT) FROM units"
+    ).fetchone()[0]
+    assert 0.08 < incomplete < 0.2  # a realistic minority is still mid-window
+
+
+def _split_p_value(con: duckdb.DuckDBPyConnection, manifest: Manifest, experiment: str) -> float:
+    spec = manifest.experiment(experiment)
+    counts = dict(
+        con.execute(
+            "SELECT variant, COUNT(*) FROM units WHERE experiment_id = ? AND n_variants = 1 "
+            "GROUP BY variant",
+            [experiment],
+        ).fetchall()
+    )
+    observed = np.array([counts.get(v, 0) for v in spec.variants], dtype=float)
+    expected = observed.sum() * np.array(spec.weights) / sum(spec.weights)
+    return float(stats.chisquare(observed, expected).pvalue)
+
+
+@pytest.mark.parametrize(
+    "experiment", ["homepage_ranking_v2", "artwork_abc", "search_exposure_bug"]
+)
+def test_split_matches_weights(
+    sample: Generated, con: duckdb.DuckDBPyConnection, experiment: str
+) -> None:
+    assert _split_p_value(con, sample.manifest, experiment) > 0.001
+
+
+def test_player_srm_has_a_sample_ratio_mismatch(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    assert _split_p_value(con, sample.manifest, "player_srm") < 0.001
+    counts = sample.manifest.experiment("player_srm").counts
+    lost_share = counts["lost_assignment_rows"] / (counts["units_enrolled"] / 2)
+    assert 0.1 < lost_share < 0.2
+
+
+# --- exposure ---------------------------------------------------------------------------
+def test_exposure_follows_engagement(con: duckdb.DuckDBPyConnection) -> None:
+    exposed, unexposed, share = con.execute(
+        """
+        WITH pre AS (
+            SELECT u.member_id, u.exposed, COALESCE(SUM(e.watch_seconds), 0) AS watch
+            FROM units u LEFT JOIN e ON e.member_id = u.member_id
+                AND e.date BETWEEN u.d0 - INTERVAL 14 DAY AND u.d0 - INTERVAL 1 DAY
+            WHERE u.experiment_id <> 'search_exposure_bug'
+            GROUP BY u.member_id, u.exposed
+        )
+        SELECT AVG(watch) FILTER (WHERE exposed), AVG(watch) FILTER (WHERE NOT exposed),
+               AVG(exposed::INT)
+        FROM pre
+        """
+    ).fetchone()
+    assert exposed > 1.5 * unexposed
+    assert 0.55 < share < 0.65
+
+
+def test_search_exposure_bug_unbalances_exposed_population(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    rows = dict(
+        (variant, (n, k))
+        for variant, n, k in con.execute(
+            """
+            SELECT variant, COUNT(*), SUM(exposed::INT) FROM units
+            WHERE experiment_id = 'search_exposure_bug' GROUP BY variant
+            """
+        ).fetchall()
+    )
+    (n_c, k_c), (n_t, k_t) = rows["control"], rows["treatment"]
+    p_c, p_t = k_c / n_c, k_t / n_t
+    pooled = (k_c + k_t) / (n_c + n_t)
+    z = (p_t - p_c) / np.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_t))
+    assert p_c - p_t > 0.05 and z < -5
+
+
+# --- true effects -----------------------------------------------------------------------
+def test_manifest_format_and_round_trip(sample: Generated) -> None:
+    on_disk = Manifest.read(sample.out / "manifest.json")
+    assert on_disk == sample.manifest
+    data = sample.manifest.to_dict()
+    assert {"generator_version", "seed", "members", "dates", "experiments"} <= set(data)
+    assert (data["seed"], data["members"]) == (7, DEFAULT_MEMBERS)
+    ids = [e["experiment_id"] for e in data["experiments"]]
+    assert ids == ["homepage_ranking_v2", "artwork_abc", "player_srm", "search_exposure_bug"]
+    for exp in sample.manifest.experiments:
+        assert set(exp.true_effects) == set(exp.variants[1:])
+        assert abs(sum(exp.weights) - 1) < 1e-12
+        for by_metric in exp.true_effects.values():
+            assert set(by_metric) == {*METRICS, "proportion_any_watch"}
+
+
+def test_truths_follow_the_multipliers(sample: Generated) -> None:
+    for exp in sample.manifest.experiments:
+        share = exp.truth_population["exposed_share"]
+        for variant, by_metric in exp.true_effects.items():
+            multipliers = exp.multipliers.get(variant, {})
+            assert by_metric["proportion_any_watch"].true_itt_abs == 0.0
+            for metric in METRICS:
+                t = by_metric[metric]
+                assert t.true_effect_on_exposed_abs is not None and t.true_itt_abs is not None
+                # Only exposed members are affected, so ITT = exposed share x effect on them.
+                assert t.true_itt_abs == pytest.approx(share * t.true_effect_on_exposed_abs)
+                if metric not in multipliers:
+                    assert t.true_itt_abs == 0.0
+                    continue
+                lift = multipliers[metric] - 1
+                if metric == "watch_seconds":
+                    assert t.true_effect_on_exposed_rel == pytest.approx(lift, rel=1e-12)
+                else:  # an added Poisson count: the realised lift is noisy around the target
+                    assert t.true_effect_on_exposed_rel == pytest.approx(lift, rel=0.2)
+                # Exposed members are heavier, so the effect on them exceeds the ITT lift,
+                # and the ITT lift exceeds the exposed share times it.
+                assert t.true_itt_rel is not None and t.true_effect_on_exposed_rel is not None
+                assert share * t.true_effect_on_exposed_rel < t.true_itt_rel
+                assert t.true_itt_rel < t.true_effect_on_exposed_rel
+
+
+def test_homepage_watch_truth_reconstructed_exactly(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    """watch_seconds is scaled exactly, so both potential outcomes are recoverable from the
+    tables: the untreated value of an exposed treatment member is its value / multiplier."""
+    exp = sample.manifest.experiment("homepage_ranking_v2")
+    m = exp.multipliers["treatment"]["watch_seconds"]
+    n, n_exposed, y0, y0_exposed = con.execute(
+        f"""
+        WITH w AS ({_window_sums(con, "homepage_ranking_v2")}),
+        y AS (
+            SELECT exposed,
+                   CASE WHEN variant = 'treatment' AND exposed THEN watch_seconds / {m}
+                        ELSE watch_seconds END AS y0
+            FROM w
+        )
+        SELECT COUNT(*), COUNT(*) FILTER (WHERE exposed), SUM(y0), SUM(y0) FILTER (WHERE exposed)
+        FROM y
+        """
+    ).fetchone()
+    truth = exp.true_effects["treatment"]["watch_seconds"]
+    assert exp.truth_population["members"] == n
+    assert exp.truth_population["exposed_members"] == n_exposed
+    assert truth.control_mean == pytest.approx(y0 / n, rel=1e-9)
+    assert truth.true_itt_abs == pytest.approx((m - 1) * y0_exposed / n, rel=1e-9)
+    assert truth.true_itt_rel == pytest.approx((m - 1) * y0_exposed / y0, rel=1e-9)
+    assert truth.true_effect_on_exposed_abs == pytest.approx((m - 1) * y0_exposed / n_exposed)
+
+
+def _cuped_lift(rows: list[tuple[Any, ...]], treatment: str) -> tuple[float, float, float]:
+    """Relative lift of treatment over control adjusted by the pre-period (pooled theta),
+    with its delta-method standard error, from per-variant moments."""
+    by = {r[0]: r[1:] for r in rows}
+    n_c, y_c, x_c, vy_c, vx_c, cxy_c = by["control"]
+    n_t, y_t, x_t, vy_t, vx_t, cxy_t = by[treatment]
+    theta = (cxy_c + cxy_t) / (vx_c + vx_t)
+    x_bar = (n_c * x_c + n_t * x_t) / (n_c + n_t)
+    adj_c, adj_t = y_c - theta * (x_c - x_bar), y_t - theta * (x_t - x_bar)
+    var_c = (vy_c - 2 * theta * cxy_c + theta**2 * vx_c) / n_c
+    var_t = (vy_t - 2 * theta * cxy_t + theta**2 * vx_t) / n_t
+    lift = adj_t / adj_c - 1
+    se = np.sqrt(var_t / adj_c**2 + adj_t**2 * var_c / adj_c**4)
+    reduction = 1 - (var_c + var_t) / (vy_c / n_c + vy_t / n_t)
+    return lift, se, reduction
+
+
+@pytest.mark.parametrize(
+    "experiment", ["homepage_ranking_v2", "artwork_abc", "search_exposure_bug"]
+)
+def test_estimated_itt_lift_matches_truth(
+    sample: Generated, con: duckdb.DuckDBPyConnection, experiment: str
+) -> None:
+    exp = sample.manifest.experiment(experiment)
+    for metric in METRICS:
+        rows = con.execute(
+            f"""
+            WITH w AS ({_window_sums(con, experiment)})
+            SELECT variant, COUNT(*), AVG({metric}), AVG(pre_{metric}), VAR_SAMP({metric}),
+                   VAR_SAMP(pre_{metric}), COVAR_SAMP({metric}, pre_{metric})
+            FROM w GROUP BY variant
+            """
+        ).fetchall()
+        for variant, by_metric in exp.true_effects.items():
+            lift, se, reduction = _cuped_lift(rows, variant)
+            truth = by_metric[metric].true_itt_rel
+            assert truth is not None
+            assert abs(lift - truth) < 4 * se, (experiment, variant, metric, lift, truth, se)
+            if metric == "watch_seconds":
+                # Pre- and post-period share each member's level: CUPED must pay off.
+                assert reduction > 0.5
+
+
+def test_guardrail_harm_and_tot_overstates_itt(sample: Generated) -> None:
+    artwork = sample.manifest.experiment("artwork_abc").true_effects
+    errors_b = artwork["treatment_b"]["errors"]
+    assert errors_b.true_itt_rel is not None and errors_b.true_itt_rel > 0.2
+    assert artwork["treatment_a"]["errors"].true_itt_rel == 0.0
+    homepage = sample.manifest.experiment("homepage_ranking_v2").true_effects["treatment"]
+    watch = homepage["watch_seconds"]
+    assert watch.true_itt_rel is not None and watch.true_effect_on_exposed_rel is not None
+    assert watch.true_effect_on_exposed_rel - watch.true_itt_rel > 0.005
+    for null_experiment in ("player_srm", "search_exposure_bug"):
+        effects = sample.manifest.experiment(null_experiment).true_effects["treatment"]
+        assert all(effects[m].true_itt_abs == 0.0 for m in METRICS)
+
+
+# --- entry points -----------------------------------------------------------------------
+def test_rejects_bad_sizes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="members"):
+        generate(tmp_path, members=0)
+    with pytest.raises(ValueError, match="row_group_size"):
+        generate(tmp_path, members=10, row_group_size=0)
+
+
+def test_module_cli(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xpkit.sample_data.generate", "--members", "500", "--seed", "5"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "500 members" in result.stdout
+    manifest = Manifest.read(tmp_path / "manifest.json")
+    assert (manifest.members, manifest.seed) == (500, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "engagement_daily.parquet",
+        "experiment_assignments.parquet",
+        "manifest.json",
+    ]
