@@ -28,7 +28,9 @@ _CONSTANT_RTOL = 1e-12
 _RCOND = 1e-10
 
 
-def pooled_theta(control: Moments, treatment: Moments, value: str, covariates: Sequence[str]) -> np.ndarray:
+def pooled_theta(
+    control: Moments, treatment: Moments, value: str, covariates: Sequence[str]
+) -> np.ndarray:
     """Regression coefficients of ``value`` on ``covariates`` within groups.
 
     ``theta = C_xx^+ C_xy`` with ``C = C_control + C_treatment`` the summed centred
@@ -143,7 +145,9 @@ def regression_adjust(
 
 def adjustment_extra(adjustment: Adjustment, covariates: Sequence[str]) -> dict[str, float]:
     """``theta_<covariate>`` and ``variance_reduction`` entries for ``Effect.extra``."""
-    extra = {f"theta_{name}": value for name, value in zip(covariates, adjustment.theta, strict=True)}
+    extra = {
+        f"theta_{name}": value for name, value in zip(covariates, adjustment.theta, strict=True)
+    }
     extra["variance_reduction"] = adjustment.variance_reduction
     return extra
 

@@ -26,10 +26,10 @@ Joint distribution. The score ``S_k = Z_k sqrt(t_k)`` is a Brownian motion obser
 ``corr(Z_j, Z_k) = sqrt(t_j / t_k)``. The bounds are computed by the recursive numerical
 integration of Armitage, McPherson & Rowe (1969, "Repeated significance tests on
 accumulating data", JRSS A 132): carry the sub-density ``f_k(s)`` of ``S_k`` on the paths
-that have not yet stopped, and at each look
+that have not yet stopped, and at each look, with ``sigma^2 = t_k - t_{k-1}``,
 
-    f_k(s)        = integral f_{k-1}(u) phi((s - u) / sigma) / sigma du     on |s| < c_k sqrt(t_k)
-    P(exit at k)  = integral f_{k-1}(u) P(|u + sigma W| >= c_k sqrt(t_k)) du,    sigma^2 = t_k - t_{k-1}
+    f_k(s)       = integral f_{k-1}(u) phi((s - u) / sigma) / sigma du,  |s| < c_k sqrt(t_k)
+    P(exit at k) = integral f_{k-1}(u) P(|u + sigma W| >= c_k sqrt(t_k)) du
 
 (Jennison & Turnbull, *Group Sequential Methods*, 2000, ch. 19). The quadrature
 represents ``f_{k-1}`` as piecewise linear on a fine grid and integrates the Gaussian

@@ -70,9 +70,7 @@ def required_sample_size(
         raise ValueError("mde must be non-zero: no finite sample detects a zero effect")
     unit_var = _unit_variance(variance, variance_reduction)
     k = _noncentrality(alpha, power)
-    n_exact = max(
-        k**2 * unit_var * (1 / weights[0] + 1 / w) / delta**2 for w in weights[1:]
-    )
+    n_exact = max(k**2 * unit_var * (1 / weights[0] + 1 / w) / delta**2 for w in weights[1:])
     per_arm_exact = tuple(float(w * n_exact) for w in weights)
     # Round every arm up on its own so that no comparison falls short of the plan.
     per_arm = tuple(math.ceil(n - 1e-9 * n) for n in per_arm_exact)
@@ -109,9 +107,7 @@ def minimum_detectable_effect(
     weights = _weights(allocation)
     unit_var = _unit_variance(variance, variance_reduction)
     k = _noncentrality(alpha, power)
-    delta = max(
-        k * math.sqrt(unit_var * (1 / weights[0] + 1 / w) / n_total) for w in weights[1:]
-    )
+    delta = max(k * math.sqrt(unit_var * (1 / weights[0] + 1 / w) / n_total) for w in weights[1:])
     if not relative:
         return delta
     return delta / _baseline_scale(baseline_mean)

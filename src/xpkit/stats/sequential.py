@@ -8,9 +8,9 @@ look's estimate must be computed on *all* data up to that look (cumulative, nest
 which is what makes the sequence behave like a Gaussian random walk.
 
 mSPRT (Johari, Pekelis & Walsh, "Always valid inference: continuous monitoring of A/B
-tests", arXiv:1512.04922, 2017; Operations Research, 2022). With ``V = se^2`` and a normal mixing
-distribution ``theta ~ N(theta0, tau^2)`` over the alternative, the mixture likelihood
-ratio of the asymptotically normal estimate is::
+tests", arXiv:1512.04922, 2017; Operations Research, 2022). With ``V = se^2`` and a normal
+mixing distribution ``theta ~ N(theta0, tau^2)`` over the alternative, the mixture
+likelihood ratio of the asymptotically normal estimate is::
 
     Lambda(theta0) = sqrt(V / (V + tau^2)) * exp(tau^2 (est - theta0)^2 / (2 V (V + tau^2)))
 
@@ -124,9 +124,7 @@ def msprt(
         half_width = np.sqrt(
             var * (var + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log1p(tau**2 / var))
         )
-    return _running(
-        "msprt", alpha, theta0, tau, raw, log_lr, np.where(valid, half_width, np.inf)
-    )
+    return _running("msprt", alpha, theta0, tau, raw, log_lr, np.where(valid, half_width, np.inf))
 
 
 def confidence_sequence(
