@@ -28,7 +28,11 @@ def test_name_is_snake_case_of_class_name_unless_given() -> None:
 
 
 def test_docstring_becomes_description() -> None:
-    m = type("Doc", (Metric,), {"__doc__": "  Seconds\n  watched. ", "source": Events, "expression": "SUM(x)"})
+    m = type(
+        "Doc",
+        (Metric,),
+        {"__doc__": "  Seconds\n  watched. ", "source": Events, "expression": "SUM(x)"},
+    )
     assert m.description == "Seconds watched."
 
 

@@ -30,8 +30,8 @@ POPULATION_NOTES = {
     "itt": "intent to treat: every assigned unit; the unbiased effect of the assignment",
     "tot": "treatment on the treated, SELECTED ON EXPOSURE: exposure correlates with "
     "engagement, so this is not an unbiased effect",
-    "cace": "complier average causal effect: ITT effect / difference in exposure rates "
-    "(Wald IV for one-sided non-compliance); the honest effect on the exposed",
+    "cace": "complier average causal effect: ITT effect / share of treatment units exposed "
+    "(Wald IV, one-sided non-compliance); the honest effect per exposed unit, absolute only",
 }
 
 
@@ -97,7 +97,14 @@ def analyse(
                 effect, unadjusted = estimate(info, control, treatment, experiment.alpha)
                 results.append(
                     MetricResult(
-                        population, name, experiment.role(name), variant, effect, unadjusted, None, None
+                        population,
+                        name,
+                        experiment.role(name),
+                        variant,
+                        effect,
+                        unadjusted,
+                        None,
+                        None,
                     )
                 )
     results += _complier_effects(experiment, metrics, moments)
@@ -123,12 +130,37 @@ def _complier_effects(
             if control is None or treatment is None:
                 continue
             effect = complier_effect(
-                control, treatment, ml.value, ml.exposure, alpha=experiment.alpha
+                _not_treated(control, ml.exposure),
+                treatment,
+                ml.value,
+                ml.exposure,
+                alpha=experiment.alpha,
             )
+            # The relative lift of an effect on compliers needs the compliers' own
+            # baseline, not the population's: report the absolute effect only.
+            effect = replace(effect, rel_lift=None, rel_se=None, rel_ci_low=None, rel_ci_high=None)
             out.append(
                 MetricResult("cace", name, experiment.role(name), variant, effect, None, None, None)
             )
     return out
+
+
+def _not_treated(control: Moments, exposure: str) -> Moments:
+    """Control moments with treatment *received* = 0 for every unit.
+
+    The assignment log flags exposure in both arms (a control unit "exposed" reached the
+    surface and saw the control experience). Treatment received is exposure in the
+    treatment arm only, so in control the indicator is 0 with no variance: one-sided
+    non-compliance, where the Wald ratio ITT / P(received | treatment) is the effect on
+    the exposed.
+    """
+    i = control.index(exposure)
+    mean = control.mean.copy()
+    comoment = control.comoment.copy()
+    mean[i] = 0.0
+    comoment[i, :] = 0.0
+    comoment[:, i] = 0.0
+    return Moments(n=control.n, columns=control.columns, mean=mean, comoment=comoment)
 
 
 def _adjust(experiment: ExperimentConfig, results: list[MetricResult]) -> list[MetricResult]:
@@ -168,6 +200,7 @@ def _guardrails(
                 relative=g.relative,
                 higher_is_better=metrics[r.metric].higher_is_better,
                 alpha=experiment.alpha,
+                metric=r.metric,
             )
             r = replace(r, guardrail=test)
         out.append(r)

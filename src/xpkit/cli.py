@@ -57,7 +57,9 @@ def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricReg
     return load_metrics()
 
 
-def _engine(config: LoadedConfig, name: str, memory_limit: str | None, threads: int | None) -> Engine:
+def _engine(
+    config: LoadedConfig, name: str, memory_limit: str | None, threads: int | None
+) -> Engine:
     return open_engine(
         name,
         config.run.tables,
@@ -149,13 +151,38 @@ def sql_command(
 
 @main.command("run")
 @_config_option
-@click.option("--experiment", "experiment_ids", multiple=True, help="Only these experiment ids (repeatable).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the scorecards.")
-@click.option("--allow-invalid", is_flag=True, help="Keep effects of invalid experiments in the scorecard (still marked invalid).")
-@click.option("--engine", "engine_name", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True)
-@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (spills to disk beyond it).")
+@click.option(
+    "--experiment", "experiment_ids", multiple=True, help="Only these experiment ids (repeatable)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the scorecards.",
+)
+@click.option(
+    "--allow-invalid",
+    is_flag=True,
+    help="Keep effects of invalid experiments in the scorecard (still marked invalid).",
+)
+@click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+)
+@click.option(
+    "--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (spills to disk beyond it)."
+)
 @click.option("--threads", type=int, default=None, help="DuckDB threads.")
-@click.option("--run-date", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Date to file the run under (default: today).")
+@click.option(
+    "--run-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Date to file the run under (default: today).",
+)
 @click.option("--quiet", is_flag=True, help="Print only the files written.")
 @_metrics_dir_option
 @_as_of_option
@@ -295,7 +322,14 @@ def write_sample(out_dir: Path, *, members: int, seed: int) -> Path:
 
 
 @main.command("demo")
-@click.option("--dir", "demo_dir", default="xpkit-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Where the sample data and scorecards go (reused when present).")
+@click.option(
+    "--dir",
+    "demo_dir",
+    default="xpkit-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the sample data and scorecards go (reused when present).",
+)
 @click.option("--members", type=int, default=40_000, show_default=True)
 @_guard
 def demo_command(demo_dir: Path, members: int) -> int:

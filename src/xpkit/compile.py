@@ -85,7 +85,21 @@ def finish(sql: str, dialect: str) -> str:
     if dialect not in _MATERIALIZING_DIALECTS:
         for cte in tree.find_all(exp.CTE):
             cte.set("materialized", None)
+    if dialect == "spark":
+        tree = tree.transform(_spark_percentile, copy=False)
     return tree.sql(dialect=dialect, pretty=True)
+
+
+def _spark_percentile(node: exp.Expression) -> exp.Expression:
+    """DuckDB's ``QUANTILE_CONT(x, q)`` as Spark's ``PERCENTILE(x, q)``.
+
+    sqlglot writes it as ``PERCENTILE_CONT(x, q)``, which Spark rejects (it only takes the
+    ``WITHIN GROUP`` form); ``PERCENTILE`` is Spark's exact percentile with the same linear
+    interpolation, so pooled caps agree with DuckDB's.
+    """
+    if isinstance(node, exp.PercentileCont) and not isinstance(node.parent, exp.WithinGroup):
+        return exp.Quantile(this=node.this, quantile=node.expression)
+    return node
 
 
 # --------------------------------------------------------------------------------------
@@ -184,9 +198,7 @@ def _qualified(tree: exp.Expression) -> exp.Expression:
 
 def _in_window(source: type[Source], start: str, end: str) -> exp.Expression:
     day = exp.cast(exp.column(source.time, table="s"), "DATE")
-    return exp.Between(
-        this=day, low=exp.column(start, table="u"), high=exp.column(end, table="u")
-    )
+    return exp.Between(this=day, low=exp.column(start, table="u"), high=exp.column(end, table="u"))
 
 
 def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression:
@@ -196,6 +208,7 @@ def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression
     what made a single scan fastest on DuckDB, and sqlglot rewrites it for dialects without
     it (e.g. ``SUM(IF(cond, x, NULL))`` on BigQuery).
     """
+
     def wrap(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.AggFunc) and not isinstance(node.parent, exp.Filter):
             return exp.Filter(this=node, expression=exp.Where(this=condition.copy()))
@@ -223,7 +236,14 @@ def plan_columns(
         post = _condition(metric, _in_window(metric.source, "window_start", "window_end"))
         pre = _condition(metric, _in_window(metric.source, "pre_start", "pre_end"))
 
-        def add(suffix: str, tree: exp.Expression, cond: exp.Expression, capped: bool) -> str:
+        def add(
+            suffix: str,
+            tree: exp.Expression,
+            cond: exp.Expression,
+            capped: bool,
+            metric: type[Metric] = metric,
+            scan: _SourceScan = scan,
+        ) -> str:
             name = f"{metric.name}__{suffix}"
             scan.columns.append(
                 _UnitColumn(

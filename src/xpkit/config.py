@@ -126,9 +126,13 @@ class ExperimentConfig(_Strict):
                 f"{sorted(self.weights)}"
             )
         if self.window[0] < 0:
-            raise ValueError(f"window must start on or after the assignment day, got {list(self.window)}")
+            raise ValueError(
+                f"window must start on or after the assignment day, got {list(self.window)}"
+            )
         if self.pre_window[1] >= 0:
-            raise ValueError(f"pre_window must end before the assignment day, got {list(self.pre_window)}")
+            raise ValueError(
+                f"pre_window must end before the assignment day, got {list(self.pre_window)}"
+            )
         if self.start_date and self.end_date and self.start_date > self.end_date:
             raise ValueError("start_date is after end_date")
         unknown_primary = sorted(set(self.primary or []) - set(self.metrics))
@@ -272,7 +276,9 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
         if not md.is_dir():
             raise ConfigError(f"{path}: metrics_dir: directory {metrics_dir!r} does not exist")
         metrics_dir = str(md)
-    return run.model_copy(update={"tables": tables, "database": database, "metrics_dir": metrics_dir})
+    return run.model_copy(
+        update={"tables": tables, "database": database, "metrics_dir": metrics_dir}
+    )
 
 
 def _looks_like_path(location: str) -> bool:

@@ -87,7 +87,9 @@ def decide(
         runtime_ok = days_observed >= experiment.min_days
         units_ok = min_units_observed >= experiment.min_units
         if not runtime_ok:
-            reasons.append(f"minimum runtime not met: {days_observed} of {experiment.min_days} days")
+            reasons.append(
+                f"minimum runtime not met: {days_observed} of {experiment.min_days} days"
+            )
         if not units_ok:
             reasons.append(
                 f"minimum sample not met: {min_units_observed} of {experiment.min_units} units "

@@ -51,9 +51,7 @@ class DuckDBEngine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if temp_directory:
-            self.con.execute(
-                f"SET temp_directory = {exp.Literal.string(temp_directory).sql()}"
-            )
+            self.con.execute(f"SET temp_directory = {exp.Literal.string(temp_directory).sql()}")
         # Views over files: the generated SQL names logical tables, so the same statement
         # runs against files here and against real tables on a warehouse.
         for name, location in (tables or {}).items():
@@ -61,7 +59,9 @@ class DuckDBEngine:
                 reader = "read_csv_auto" if location.endswith(".csv") else "read_parquet"
                 view = exp.to_table(name).sql("duckdb")
                 path = exp.Literal.string(location).sql("duckdb")
-                self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}({path})")
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}({path})"
+                )
             elif location != name:
                 view = exp.to_table(name).sql("duckdb")
                 target = exp.to_table(location).sql("duckdb")
@@ -101,9 +101,11 @@ class DuckDBEngine:
 
 
 def _is_file_location(location: str) -> bool:
-    return location.endswith((".parquet", ".csv")) or any(c in location for c in "/\\*") or Path(
-        location
-    ).is_file()
+    return (
+        location.endswith((".parquet", ".csv"))
+        or any(c in location for c in "/\\*")
+        or Path(location).is_file()
+    )
 
 
 def open_engine(

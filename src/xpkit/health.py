@@ -123,12 +123,16 @@ def run_checks(
     known = {s.variant: s for s in single if s.variant in experiment.weights}
     counts = {v: known[v].n_units if v in known else 0 for v in experiment.weights}
     checks.append(
-        srm_check("srm_assignment", counts, experiment.weights, experiment.srm_threshold, "assigned")
+        srm_check(
+            "srm_assignment", counts, experiment.weights, experiment.srm_threshold, "assigned"
+        )
     )
     if exposure_configured:
         exposed = {v: known[v].n_exposed if v in known else 0 for v in experiment.weights}
         checks.append(
-            srm_check("srm_exposed", exposed, experiment.weights, experiment.srm_threshold, "exposed")
+            srm_check(
+                "srm_exposed", exposed, experiment.weights, experiment.srm_threshold, "exposed"
+            )
         )
 
     share_multi = _share(n_multi, n_units)
@@ -185,7 +189,11 @@ def run_checks(
                 True,
                 f"assignments span {span}, configured {experiment.start_date} .. "
                 f"{experiment.end_date}"
-                + ("" if not (early or late) else ": units were assigned outside the experiment dates"),
+                + (
+                    ""
+                    if not (early or late)
+                    else ": units were assigned outside the experiment dates"
+                ),
             )
         )
     return checks

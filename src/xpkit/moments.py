@@ -43,7 +43,9 @@ class Moments:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def from_rows(cls, data: np.ndarray | Sequence[Sequence[float]], columns: Sequence[str]) -> Moments:
+    def from_rows(
+        cls, data: np.ndarray | Sequence[Sequence[float]], columns: Sequence[str]
+    ) -> Moments:
         """Moments of raw per-unit rows (shape (n, k)); used by tests and small inputs."""
         x = np.asarray(data, dtype=float)
         if x.ndim == 1:

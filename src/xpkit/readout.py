@@ -85,7 +85,7 @@ def read_moments(result: pa.Table, layout: MomentsLayout) -> MomentsTable:
                         else layout.product_name(b, a)
                     )
                     products[i, j] = products[j, i] = _number(row[name])
-            cells[MomentsKey(row["population"], str(variant), metric)] = (
-                Moments.from_shifted_sums(n, cols, shift, sums, products)
+            cells[MomentsKey(row["population"], str(variant), metric)] = Moments.from_shifted_sums(
+                n, cols, shift, sums, products
             )
     return MomentsTable(cells)

@@ -37,7 +37,9 @@ def _interval(lo: object, hi: object, pct: bool) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
@@ -66,7 +68,9 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
         if r["variant"] in seen or r["decision"] is None:
             continue
         seen.add(r["variant"])
-        out.append(f"Decision for {r['variant']} vs {r['control_variant']}: {r['decision'].upper()}")
+        out.append(
+            f"Decision for {r['variant']} vs {r['control_variant']}: {r['decision'].upper()}"
+        )
         out += [f"  - {reason}" for reason in r["decision_reasons"] or []]
     if checks is not None and checks.num_rows:
         out += ["", "Health checks"]
@@ -78,8 +82,19 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
         if not prow:
             continue
         out += ["", f"{_POPULATION_TITLES[population]} — {POPULATION_NOTES[population]}"]
-        header = ["metric", "role", "variant", "n ctl/var", "mean ctl", "mean var", "rel lift [CI]",
-                  "abs effect [CI]", "p", "p adj", "method"]
+        header = [
+            "metric",
+            "role",
+            "variant",
+            "n ctl/var",
+            "mean ctl",
+            "mean var",
+            "rel lift [CI]",
+            "abs effect [CI]",
+            "p",
+            "p adj",
+            "method",
+        ]
         table = []
         for r in prow:
             method = r["method"]

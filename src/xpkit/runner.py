@@ -176,9 +176,7 @@ def run_experiment(
         results = analyse(experiment, infos, moments)
         checks += _sample_checks(experiment, moments.variants("itt"))
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
-    n_by_variant = {
-        r.variant: r.effect.n_treatment for r in results if r.population == "itt"
-    }
+    n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
     n_control = next((r.effect.n_control for r in results if r.population == "itt"), 0)
     smallest = min([n_control, *n_by_variant.values()]) if results else 0
     decisions = decide(
@@ -230,8 +228,10 @@ def _sample_checks(experiment: ExperimentConfig, variants: list[str]) -> list[Ch
 
 
 def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
-    run_date = run.scorecard.column("run_date")[0].as_py() if run.scorecard.num_rows else (
-        run.checks.column("run_date")[0].as_py()
+    run_date = (
+        run.scorecard.column("run_date")[0].as_py()
+        if run.scorecard.num_rows
+        else (run.checks.column("run_date")[0].as_py())
     )
     folder = output_dir(out, run.experiment_id, run_date)
     write_atomic(run.scorecard, folder / SCORECARD_FILE)

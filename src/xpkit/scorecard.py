@@ -177,8 +177,9 @@ def build_scorecard(
             "control_variant": experiment.control,
             "n_control": e.n_control,
             "n_variant": e.n_treatment,
-            "mean_control": _f(e.mean_control),
-            "mean_variant": _f(e.mean_treatment),
+            # Observed means; a covariate-adjusted estimate shifts the effect, not the data.
+            "mean_control": _f((u or e).mean_control),
+            "mean_variant": _f((u or e).mean_treatment),
             "method": e.method,
             "abs_effect": _f(e.abs_effect),
             "abs_se": _f(e.abs_se),

@@ -1,0 +1,169 @@
+"""Every bad input exits 2 with one message that names the culprit — never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xpkit.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def edit_config(sample: Path, old: str, new: str) -> Path:
+    path = sample / "experiments.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'metrics = ["watch_seconds", "sessions"',
+            'metrics = ["watch_seconds", "sesions"',
+            "experiment[homepage_ranking_v2].metrics: unknown metric 'sesions'",
+        ),
+        (
+            "weights = { control = 0.5, treatment = 0.5 }",
+            "weights = { control = 0.5, treatment = 0.4 }",
+            "experiment[homepage_ranking_v2].weights: weights must sum to 1, they sum to 0.9",
+        ),
+        (
+            'control = "control"',
+            'control = "baseline"',
+            "control variant 'baseline' is not one of the variants",
+        ),
+        (
+            'engagement_daily = "engagement_daily.parquet"',
+            'engagement_daily = "missing/engagement_daily.parquet"',
+            "tables.engagement_daily: no file matches 'missing/engagement_daily.parquet'",
+        ),
+        ("[tables]", "[tables\n", "not valid TOML"),
+        (
+            "window = [0, 6]",
+            "windw = [0, 6]",
+            "experiment[homepage_ranking_v2].windw: unknown field",
+        ),
+        ("window = [0, 6]", "window = [6, 0]", "start must not be after end"),
+        (
+            'primary = ["watch_seconds"]',
+            'primary = ["plays"]',
+            "primary metrics ['plays'] are not listed in metrics",
+        ),
+    ],
+)
+def test_config_mistakes_exit_2_naming_file_and_field(
+    sample_copy: Path, old: str, new: str, message: str
+) -> None:
+    config = edit_config(sample_copy, old, new)
+    result = invoke("run", "--config", str(config), "--out", str(sample_copy / "out"))
+    assert result.exit_code == 2, result.output
+    assert str(config) in result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = invoke("run", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "nope.toml: configuration file not found" in result.output
+
+
+def test_unknown_experiment_id(sample_copy: Path) -> None:
+    config = sample_copy / "experiments.toml"
+    result = invoke(
+        "run", "--config", str(config), "--out", str(sample_copy / "o"), "--experiment", "nope"
+    )
+    assert result.exit_code == 2
+    assert "no experiment with id 'nope'" in result.output
+
+
+def test_unknown_column_names_metric_and_column(sample_copy: Path, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "m.py").write_text(
+        "from xpkit import Metric, Source\n"
+        "class EngagementDaily(Source):\n"
+        "    table = 'engagement_daily'\n"
+        "class WatchSeconds(Metric):\n"
+        "    source = EngagementDaily\n"
+        "    expression = 'SUM(watch_secs)'\n"
+    )
+    config = edit_config(
+        sample_copy,
+        'metrics = ["watch_seconds", "sessions", "streamers", "watch_seconds_per_session"]\n'
+        'primary = ["watch_seconds"]\n'
+        "guardrails = [\n"
+        '  { metric = "errors", margin = 0.05 },\n'
+        '  { metric = "errors_per_play", margin = 0.05 },\n'
+        "]",
+        'metrics = ["watch_seconds"]',
+    )
+    result = invoke(
+        "run",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "o"),
+        "--experiment",
+        "homepage_ranking_v2",
+        "--metrics-dir",
+        str(metrics),
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "metric 'watch_seconds': column 'watch_secs' does not exist in table 'engagement_daily'"
+        in result.output
+    )
+    assert "did you mean 'watch_seconds'" in result.output
+
+
+def test_broken_metric_file_names_file_and_metric(tmp_path: Path, sample_copy: Path) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "bad.py").write_text(
+        "from xpkit import Metric, Source\n"
+        "class S(Source):\n"
+        "    table = 'engagement_daily'\n"
+        "class Broken(Metric):\n"
+        "    source = S\n"
+        "    expression = 'SUM(watch_seconds); DELETE FROM engagement_daily'\n"
+    )
+    result = invoke(
+        "sql",
+        "--experiment",
+        "homepage_ranking_v2",
+        "--config",
+        str(sample_copy / "experiments.toml"),
+        "--metrics-dir",
+        str(metrics),
+    )
+    assert result.exit_code == 2
+    assert "bad.py" in result.output and "metric 'broken'" in result.output
+    assert "found 2 statements" in result.output
+
+
+def test_show_on_a_missing_path(tmp_path: Path) -> None:
+    result = invoke("show", str(tmp_path / "none"))
+    assert result.exit_code == 2
+    assert "no such file or folder" in result.output
+
+
+def test_unknown_metric_on_the_sql_command(sample_copy: Path) -> None:
+    result = invoke(
+        "sql",
+        "nope",
+        "--experiment",
+        "homepage_ranking_v2",
+        "--config",
+        str(sample_copy / "experiments.toml"),
+    )
+    assert result.exit_code == 2
+    assert "unknown metric 'nope'" in result.output
