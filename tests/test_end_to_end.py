@@ -269,3 +269,54 @@ def test_guardrail_harm_blocks_shipping(run_out) -> None:
     assert errors_b["guardrail_breached"]
     assert errors_b["decision"] == "no_ship"
     assert any("guardrail breached" in reason for reason in errors_b["decision_reasons"])
+
+
+def test_exposure_log_checks(sample_copy: Path) -> None:
+    """Exposures for never-assigned units, or before assignment, fail a gate."""
+    con = duckdb.connect()
+    a = sample_copy / "experiment_assignments.parquet"
+    con.execute(
+        f"""COPY (
+          SELECT experiment_id, member_id, assignment_timestamp + INTERVAL 1 HOUR AS exposure_timestamp
+          FROM '{a}' WHERE experiment_id = 'homepage_ranking_v2' AND exposed_flag
+          UNION ALL SELECT 'homepage_ranking_v2', -1, TIMESTAMP '2024-03-20 10:00'
+          UNION ALL SELECT 'homepage_ranking_v2', (SELECT MIN(member_id) FROM '{a}'
+                   WHERE experiment_id = 'homepage_ranking_v2'), TIMESTAMP '2024-01-01 00:00'
+        ) TO '{sample_copy / "exposures.parquet"}' (FORMAT PARQUET)"""
+    )
+    config = sample_copy / "experiments.toml"
+    config.write_text(
+        config.read_text().replace(
+            "[tables]\n",
+            '[exposures]\ntable = "exposures"\n\n[tables]\nexposures = "exposures.parquet"\n',
+        )
+    )
+    out = sample_copy / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--experiment",
+            "homepage_ranking_v2",
+            "--run-date",
+            "2024-04-05",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 3, result.output
+    c = checks(out, "homepage_ranking_v2")
+    assert c["exposures_without_assignment"]["value"] == 1
+    assert c["exposures_before_assignment"]["value"] == 1
+    assert "belong to units never assigned" in c["exposures_without_assignment"]["detail"]
+    assert not scorecard(out, "homepage_ranking_v2")[0]["valid"]
+
+
+def test_without_exposure_log_the_check_says_so(run_out) -> None:
+    out, _ = run_out
+    c = checks(out, "homepage_ranking_v2")["exposure_log"]
+    assert c["passed"] and not c["gate"]
+    assert "no exposure log configured" in c["detail"]

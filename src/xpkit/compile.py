@@ -23,7 +23,7 @@ import jinja2
 import sqlglot
 from sqlglot import exp
 
-from xpkit.config import AssignmentColumns, ExperimentConfig
+from xpkit.config import AssignmentColumns, ExperimentConfig, ExposureLog
 from xpkit.errors import DataError, MetricDefinitionError
 from xpkit.metric import Metric, Source
 
@@ -504,3 +504,25 @@ def compile_bounds(
     return CompiledQuery(
         sql=finish(sql, dialect), dialect=dialect, sources=tuple(s.table for s in sources.values())
     )
+
+
+def compile_exposure_health(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    exposures: ExposureLog,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """Counts of exposure events without an assignment or before it."""
+    sql = render_template(
+        "exposures.sql.j2",
+        a=_assignment_context(assignments),
+        x={
+            "table": table_ref(exposures.table),
+            "experiment": ident(exposures.experiment),
+            "unit": ident(exposures.unit),
+            "timestamp": ident(exposures.timestamp),
+        },
+        experiment_id=string_literal(experiment.id),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)

@@ -54,6 +54,15 @@ class AssignmentColumns(_Strict):
     exposed: Identifier | None = "exposed_flag"
 
 
+class ExposureLog(_Strict):
+    """An optional event log of exposures, checked against the assignments."""
+
+    table: str = "exposures"
+    experiment: Identifier = "experiment_id"
+    unit: Identifier = "member_id"
+    timestamp: Identifier = "exposure_timestamp"
+
+
 class GuardrailConfig(_Strict):
     """A metric that must not get worse by more than ``margin`` (non-inferiority)."""
 
@@ -176,6 +185,7 @@ class RunConfig(_Strict):
     database: str | None = None
     metrics_dir: str | None = None
     assignments: AssignmentColumns = AssignmentColumns()
+    exposures: ExposureLog | None = None
     experiment: list[ExperimentConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -199,5 +199,41 @@ def run_checks(
     return checks
 
 
+def exposure_checks(counts: Mapping[str, int] | None) -> list[Check]:
+    """Exposure events with no assignment, or before it, point at broken logging."""
+    if counts is None:
+        return [
+            Check(
+                "exposure_log",
+                None,
+                None,
+                True,
+                False,
+                "no exposure log configured ([exposures] in the config): exposure comes from "
+                "the assignment table's flag, so exposures without or before an assignment "
+                "cannot be checked",
+            )
+        ]
+    total = int(counts["n_exposures"] or 0)
+    out = []
+    for name, key, what in (
+        ("exposures_without_assignment", "n_without_assignment", "belong to units never assigned"),
+        ("exposures_before_assignment", "n_before_assignment", "happened before the assignment"),
+    ):
+        bad = int(counts[key] or 0)
+        out.append(
+            Check(
+                name,
+                float(bad),
+                0,
+                bad == 0,
+                True,
+                f"{bad} of {total} exposure events {what}"
+                + ("" if bad == 0 else ": the exposure logging is broken"),
+            )
+        )
+    return out
+
+
 def failed_gates(checks: Sequence[Check]) -> list[Check]:
     return [c for c in checks if c.gate and not c.passed]

@@ -21,13 +21,14 @@ from xpkit.compile import (
     check_columns,
     compile_assignment_health,
     compile_bounds,
+    compile_exposure_health,
     compile_moments,
 )
 from xpkit.config import ExperimentConfig, LoadedConfig
 from xpkit.decision import decide
 from xpkit.engine import Engine
 from xpkit.errors import ConfigError, DataError, MetricDefinitionError
-from xpkit.health import AssignmentSummary, Check, failed_gates, run_checks
+from xpkit.health import AssignmentSummary, Check, exposure_checks, failed_gates, run_checks
 from xpkit.metric import Metric
 from xpkit.readout import read_moments
 from xpkit.registry import MetricRegistry
@@ -131,6 +132,17 @@ def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: 
         check_columns(metrics, config.run.assignments, schemas)
     except DataError as err:
         raise DataError(f"{config.path}: {err}") from None
+    log = config.run.exposures
+    if log is not None:
+        cols = engine.columns(log.table)
+        if cols is None:
+            raise DataError(f"{config.path}: exposures: table {log.table!r} does not exist")
+        missing = [c for c in (log.experiment, log.unit, log.timestamp) if c not in cols]
+        if missing:
+            raise DataError(
+                f"{config.path}: exposures: column(s) {missing} do not exist in table "
+                f"{log.table!r} (columns: {', '.join(cols)})"
+            )
 
 
 def run_experiment(
@@ -156,6 +168,13 @@ def run_experiment(
     )
     summary = [AssignmentSummary.from_row(r) for r in engine.query(health_sql.sql).to_pylist()]
     checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
+    exposure_counts = None
+    if config.run.exposures is not None:
+        exposure_sql = compile_exposure_health(
+            experiment, assignments, config.run.exposures, dialect=engine.dialect
+        )
+        exposure_counts = engine.query(exposure_sql.sql).to_pylist()[0]
+    checks += exposure_checks(exposure_counts)
     infos: dict[str, MetricInfo] = {}
     results = []
     sql = ""
