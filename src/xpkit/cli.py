@@ -330,7 +330,7 @@ def write_sample(out_dir: Path, *, members: int, seed: int) -> Path:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the sample data and scorecards go (reused when present).",
 )
-@click.option("--members", type=int, default=40_000, show_default=True)
+@click.option("--members", type=int, default=200_000, show_default=True)
 @_guard
 def demo_command(demo_dir: Path, members: int) -> int:
     """Build (or reuse) the sample data, run the sample experiments, print the scorecards.
