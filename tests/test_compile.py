@@ -256,3 +256,33 @@ def test_unknown_column_is_named_with_the_metric() -> None:
             AssignmentColumns(),
             {"experiment_assignments": schemas["experiment_assignments"]},
         )
+
+
+def test_history_is_one_statement_and_its_last_day_equals_the_plain_run(tiny: DuckDBEngine) -> None:
+    from xpkit.readout import read_history
+
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES, history=True)
+    tree = sqlglot.parse_one(query.sql, read="duckdb")
+    assert len([t for t in tree.find_all(sqlglot.exp.Table) if t.name == "daily"]) == 1
+    history = read_history(tiny.query(query.sql), query.layout)
+    # Windows complete on 01-12 (units 1, 3), 01-13 (unit 2) and 01-14 (unit 4).
+    assert list(history) == [date(2024, 1, 12), date(2024, 1, 13), date(2024, 1, 14)]
+    assert history[date(2024, 1, 12)].get("itt", "control", "watch").n == 1
+    assert history[date(2024, 1, 13)].get("itt", "control", "watch").n == 2
+    # Treatment has no new unit on 01-13: the spine still carries its running total.
+    assert history[date(2024, 1, 13)].get("itt", "treatment", "watch").n == 1
+    final = run(tiny)
+    last = history[date(2024, 1, 14)]
+    for key, cell in final.cells.items():
+        other = last.cells[key]
+        assert other.n == cell.n
+        np.testing.assert_allclose(other.mean, cell.mean, rtol=1e-12)
+        np.testing.assert_allclose(other.comoment, cell.comoment, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_history_parses_in_every_dialect(dialect: str) -> None:
+    sql = compile_moments(
+        EXPERIMENT, METRICS, AssignmentColumns(), DATES, dialect=dialect, history=True
+    ).sql
+    sqlglot.parse_one(sql, read=dialect)

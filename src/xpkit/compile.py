@@ -86,20 +86,34 @@ def finish(sql: str, dialect: str) -> str:
         for cte in tree.find_all(exp.CTE):
             cte.set("materialized", None)
     if dialect == "spark":
-        tree = tree.transform(_spark_percentile, copy=False)
+        _spark_semantics(tree)
     return tree.sql(dialect=dialect, pretty=True)
 
 
-def _spark_percentile(node: exp.Expression) -> exp.Expression:
-    """DuckDB's ``QUANTILE_CONT(x, q)`` as Spark's ``PERCENTILE(x, q)``.
+def _spark_semantics(tree: exp.Expression) -> None:
+    """Rewrite, in place, the DuckDB constructs that Spark reads differently.
 
-    sqlglot writes it as ``PERCENTILE_CONT(x, q)``, which Spark rejects (it only takes the
-    ``WITHIN GROUP`` form); ``PERCENTILE`` is Spark's exact percentile with the same linear
-    interpolation, so pooled caps agree with DuckDB's.
+    - ``QUANTILE_CONT(x, q)``: sqlglot writes ``PERCENTILE_CONT(x, q)``, which Spark rejects
+      (it only knows the ``WITHIN GROUP`` form). ``PERCENTILE(x, q)`` is Spark's exact
+      percentile with the same linear interpolation, so pooled caps agree with DuckDB's.
+    - ``AVG``: DuckDB's is always DOUBLE; Spark's AVG of a DECIMAL (an integer metric with
+      a fractional cap, ``LEAST(SUM(n), 2.5)``) stays DECIMAL, which turns the shifted sums
+      of products into DECIMAL arithmetic rounded to 6 decimal places. A DOUBLE cast keeps
+      the moments in the same floating-point arithmetic on both engines.
     """
-    if isinstance(node, exp.PercentileCont) and not isinstance(node.parent, exp.WithinGroup):
-        return exp.Quantile(this=node.this, quantile=node.expression)
-    return node
+    for node in list(tree.find_all(exp.PercentileCont)):
+        if not isinstance(node.parent, exp.WithinGroup):
+            node.replace(exp.Quantile(this=node.this, quantile=node.expression))
+    for node in list(tree.find_all(exp.Avg)):
+        # The whole aggregate call, including its FILTER or OVER clause, is what gets cast.
+        call: exp.Expression = node
+        while isinstance(call.parent, exp.Filter | exp.Window) and call.arg_key == "this":
+            call = call.parent
+        if isinstance(call.parent, exp.Cast) and call.parent.is_type(exp.DataType.Type.DOUBLE):
+            continue
+        cast = exp.Cast(to=exp.DataType.build("DOUBLE"))
+        call.replace(cast)
+        cast.set("this", call)
 
 
 # --------------------------------------------------------------------------------------
@@ -185,7 +199,7 @@ class _SourceScan:
 
     @property
     def cte(self) -> str:
-        return f"per_unit_{self.source.name}"
+        return f"xp_per_unit_{self.source.name}"
 
 
 def _qualified(tree: exp.Expression) -> exp.Expression:
@@ -361,8 +375,13 @@ def compile_moments(
     dates: ExperimentDates,
     *,
     dialect: str = "duckdb",
+    history: bool = False,
 ) -> CompiledQuery:
-    """The one statement that returns every metric's per-variant sufficient statistics."""
+    """The one statement that returns every metric's per-variant sufficient statistics.
+
+    With ``history=True`` the same statement returns them as of every analysis date (one
+    row per date, population and variant; see the template for the semantics).
+    """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
     populations = [p for p in experiment.populations if p == "itt" or assignments.exposed]
@@ -387,7 +406,7 @@ def compile_moments(
     capped_columns = [
         {
             "name": c["name"],
-            "sql": f"LEAST(v.{c['name']}, caps.{c['name']})"
+            "sql": f"LEAST(v.{c['name']}, xp_caps.{c['name']})"
             if c["name"] in capped_names
             else f"v.{c['name']}",
         }
@@ -435,7 +454,7 @@ def compile_moments(
         unit_columns=unit_columns,
         caps=caps,
         capped_columns=capped_columns,
-        values_cte="capped_values" if caps else "unit_values",
+        values_cte="xp_capped_values" if caps else "xp_unit_values",
         moment_columns=[ident(c) for c in moment_columns],
         products=[
             {"a": ident(a), "b": ident(b), "name": ident(MomentsLayout.product_name(a, b))}
@@ -444,6 +463,7 @@ def compile_moments(
         populations_values=", ".join(f"({string_literal(p)})" for p in populations),
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
+        history=history,
     )
     layout = MomentsLayout(
         metrics=layouts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
@@ -62,8 +63,19 @@ def _number(value: object) -> float:
     return out
 
 
+def read_history(result: pa.Table, layout: MomentsLayout) -> dict[date, MomentsTable]:
+    """The history statement's result: a MomentsTable per analysis date, oldest first."""
+    by_date: dict[date, list[dict]] = {}
+    for row in result.to_pylist():
+        by_date.setdefault(row["analysis_date"], []).append(row)
+    return {d: _read_rows(by_date[d], layout) for d in sorted(by_date)}
+
+
 def read_moments(result: pa.Table, layout: MomentsLayout) -> MomentsTable:
-    rows = result.to_pylist()
+    return _read_rows(result.to_pylist(), layout)
+
+
+def _read_rows(rows: list[dict], layout: MomentsLayout) -> MomentsTable:
     cells: dict[MomentsKey, Moments] = {}
     for row in rows:
         variant = row["variant"]
