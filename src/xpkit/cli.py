@@ -22,8 +22,9 @@ from xpkit.compile import DIALECTS
 from xpkit.config import LoadedConfig, load_config
 from xpkit.engine import Engine, open_engine
 from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
+from xpkit.history import HISTORY_FILE
 from xpkit.registry import MetricRegistry, load_metrics
-from xpkit.render import render_scorecard
+from xpkit.render import render_history, render_scorecard
 from xpkit.runner import ExperimentRun, compile_experiment, run_experiment, write_run
 from xpkit.scorecard import CHECKS_FILE, find_scorecards, read_table
 
@@ -184,6 +185,11 @@ def sql_command(
     help="Date to file the run under (default: today).",
 )
 @click.option("--quiet", is_flag=True, help="Print only the files written.")
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Also write the daily history (effects as of each day, always-valid p-values and intervals) to history.parquet.",
+)
 @_metrics_dir_option
 @_as_of_option
 @_guard
@@ -197,6 +203,7 @@ def run_command(
     threads: int | None,
     run_date: Any,
     quiet: bool,
+    history: bool,
     metrics_dir: str | None,
     as_of: Any,
 ) -> int:
@@ -224,6 +231,7 @@ def run_command(
         as_of=as_of.date() if as_of else None,
         run_date=run_date.date() if run_date else None,
         allow_invalid=allow_invalid,
+        history=history,
     )
     for run in runs:
         if not quiet:
@@ -250,6 +258,7 @@ def run_all(
     as_of: date | None = None,
     run_date: date | None = None,
     allow_invalid: bool = False,
+    history: bool = False,
 ) -> list[ExperimentRun]:
     engine = _engine(config, engine_name, memory_limit, threads)
     try:
@@ -263,6 +272,7 @@ def run_all(
                 as_of=as_of,
                 run_date=run_date,
                 allow_invalid=allow_invalid,
+                history=history,
             )
             runs.append(write_run(run, out_dir))
         return runs
@@ -286,6 +296,10 @@ def show_command(path: Path) -> int:
         if i:
             click.echo("")
         click.echo(render_scorecard(read_table(file), checks))
+        history_path = file.parent / HISTORY_FILE
+        if history_path.exists():
+            click.echo("")
+            click.echo(render_history(read_table(history_path)))
     return EXIT_OK
 
 

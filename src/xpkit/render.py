@@ -125,3 +125,35 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
         f"config sha256 {str(first['config_sha256'])[:12]}, rows read {first['rows_read']}",
     ]
     return "\n".join(out)
+
+
+def render_history(history: pa.Table, population: str = "itt") -> str:
+    """The effect over time per metric and variant, with the always-valid interval."""
+    from xpkit.history import daily_increments
+
+    rows = [r for r in history.to_pylist() if r["population"] == population]
+    out = [
+        f"Effect over time ({_POPULATION_TITLES.get(population, population)}): "
+        "fixed-horizon CI of each day, and the always-valid (mSPRT) interval that stays "
+        "valid however often you look"
+    ]
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["metric"], r["variant"]), []).append(r)
+    for (metric, variant), looks in series.items():
+        verdict = daily_increments(history, population, metric, variant)
+        out += ["", f"  {metric} — {variant} ({verdict})"]
+        header = ["as of", "n ctl/var", "abs effect", "CI", "always-valid CI", "always-valid p"]
+        table = [
+            [
+                str(r["analysis_date"]),
+                f"{r['n_control']}/{r['n_variant']}",
+                _num(r["abs_effect"]),
+                _interval(r["abs_ci_low"], r["abs_ci_high"], False),
+                _interval(r["always_valid_ci_low"], r["always_valid_ci_high"], False),
+                _num(r["always_valid_p_value"], "{:.3g}"),
+            ]
+            for r in looks
+        ]
+        out += ["    " + line for line in _table(header, table)]
+    return "\n".join(out)

@@ -7,7 +7,7 @@ only orders them and carries provenance along.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -29,8 +29,9 @@ from xpkit.decision import decide
 from xpkit.engine import Engine
 from xpkit.errors import ConfigError, DataError, MetricDefinitionError
 from xpkit.health import AssignmentSummary, Check, exposure_checks, failed_gates, run_checks
+from xpkit.history import HISTORY_FILE, build_history
 from xpkit.metric import Metric
-from xpkit.readout import read_moments
+from xpkit.readout import MomentsTable, read_history, read_moments
 from xpkit.registry import MetricRegistry
 from xpkit.scorecard import (
     CHECKS_FILE,
@@ -51,6 +52,7 @@ class ExperimentRun:
     valid: bool
     sql: str
     paths: tuple[Path, ...] = ()
+    history: pa.Table | None = None
 
 
 def resolve_metrics(
@@ -154,7 +156,13 @@ def run_experiment(
     as_of: date | None = None,
     run_date: date | None = None,
     allow_invalid: bool = False,
+    history: bool = False,
 ) -> ExperimentRun:
+    """Everything for one experiment; ``history=True`` also returns the daily history.
+
+    The history comes from the same single statement: its last day is the scorecard's
+    population, so asking for it costs no second scan.
+    """
     experiment = config.experiment(experiment_id)
     metrics = resolve_metrics(config, registry, experiment_id)
     check_schema(config, metrics, engine)
@@ -177,15 +185,28 @@ def run_experiment(
     checks += exposure_checks(exposure_counts)
     infos: dict[str, MetricInfo] = {}
     results = []
+    history_table = None
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
     if dates is not None:
-        query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
+        query = compile_moments(
+            experiment, metrics, assignments, dates, dialect=engine.dialect, history=history
+        )
         assert query.layout is not None
         sql = query.sql
         result = engine.query(sql)
-        moments = read_moments(result, query.layout)
-        itt_rows = [r for r in result.to_pylist() if r["population"] == "itt"]
+        if history:
+            by_date = read_history(result, query.layout)
+            last = max(by_date) if by_date else None
+            moments = by_date[last] if last else MomentsTable({})
+            itt_rows = [
+                r
+                for r in result.to_pylist()
+                if r["population"] == "itt" and r["analysis_date"] == last
+            ]
+        else:
+            moments = read_moments(result, query.layout)
+            itt_rows = [r for r in result.to_pylist() if r["population"] == "itt"]
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + int(sum(r[column] or 0 for r in itt_rows))
         infos = {
@@ -193,6 +214,8 @@ def run_experiment(
             for m in metrics
         }
         results = analyse(experiment, infos, moments)
+        if history:
+            history_table = build_history(experiment, infos, by_date, run_date)
         checks += _sample_checks(experiment, moments.variants("itt"))
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
     n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
@@ -226,6 +249,7 @@ def run_experiment(
         checks=build_checks(experiment.id, run_date, checks),
         valid=not failed_gates(checks),
         sql=sql,
+        history=history_table,
     )
 
 
@@ -255,11 +279,8 @@ def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
     folder = output_dir(out, run.experiment_id, run_date)
     write_atomic(run.scorecard, folder / SCORECARD_FILE)
     write_atomic(run.checks, folder / CHECKS_FILE)
-    return ExperimentRun(
-        run.experiment_id,
-        run.scorecard,
-        run.checks,
-        run.valid,
-        run.sql,
-        (folder / SCORECARD_FILE, folder / CHECKS_FILE),
-    )
+    paths = [folder / SCORECARD_FILE, folder / CHECKS_FILE]
+    if run.history is not None:
+        write_atomic(run.history, folder / HISTORY_FILE)
+        paths.append(folder / HISTORY_FILE)
+    return replace(run, paths=tuple(paths))
