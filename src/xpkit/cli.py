@@ -280,6 +280,71 @@ def run_all(
         engine.close()
 
 
+def _percent(value: str) -> float:
+    text = value.strip()
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a percentage like 2%") from None
+
+
+@main.command("power")
+@click.option(
+    "--experiment", "experiment_id", required=True, help="Experiment whose data to plan from."
+)
+@click.option("--metric", "metric_name", required=True, help="Metric to plan for.")
+@click.option(
+    "--mde",
+    default="2%",
+    show_default=True,
+    help="Relative minimum detectable effect (2% or 0.02).",
+)
+@click.option("--power", "power_level", default=0.8, show_default=True, type=float)
+@_config_option
+@_metrics_dir_option
+@_guard
+def power_command(
+    experiment_id: str,
+    metric_name: str,
+    mde: str,
+    power_level: float,
+    config_path: Path,
+    metrics_dir: str | None,
+) -> int:
+    """Units and days needed to detect an effect, from the per-unit variance in real data.
+
+    The variance comes from the pre-period through the same generated SQL a run uses, and
+    the CUPED reduction from how well the covariates predict the metric.
+
+    \b
+    Example:
+      xpkit power --experiment homepage_ranking_v2 --metric watch_seconds --mde 2%
+    """
+    from xpkit.planning import render_plan
+    from xpkit.runner import power_plan
+
+    mde_relative = _percent(mde)
+    if not 0 < power_level < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--power")
+    config = load_config(config_path)
+    registry = _registry(config, metrics_dir)
+    engine = _engine(config, "duckdb", None, None)
+    try:
+        result = power_plan(
+            config,
+            registry,
+            experiment_id,
+            metric_name,
+            engine,
+            mde_relative=mde_relative,
+            power=power_level,
+        )
+    finally:
+        engine.close()
+    click.echo(render_plan(result))
+    return EXIT_OK
+
+
 @main.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 @_guard

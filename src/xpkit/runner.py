@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +31,7 @@ from xpkit.errors import ConfigError, DataError, MetricDefinitionError
 from xpkit.health import AssignmentSummary, Check, exposure_checks, failed_gates, run_checks
 from xpkit.history import HISTORY_FILE, build_history
 from xpkit.metric import Metric
+from xpkit.planning import PowerPlan, plan
 from xpkit.readout import MomentsTable, read_history, read_moments
 from xpkit.registry import MetricRegistry
 from xpkit.scorecard import (
@@ -284,3 +285,56 @@ def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
         write_atomic(run.history, folder / HISTORY_FILE)
         paths.append(folder / HISTORY_FILE)
     return replace(run, paths=tuple(paths))
+
+
+def power_plan(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_id: str,
+    metric_name: str,
+    engine: Engine,
+    *,
+    mde_relative: float,
+    power: float = 0.8,
+) -> PowerPlan:
+    """Plan sample size for ``metric_name`` from the experiment's data, with the same SQL."""
+    experiment = config.experiment(experiment_id)
+    # A pre-period as long as the analysis window, so the pre-period variance is on the
+    # scale of the metric being planned (a 14-day sum varies more than a 7-day one).
+    length = experiment.window[1] - experiment.window[0] + 1
+    experiment = experiment.model_copy(update={"pre_window": (-length, -1)})
+    metrics = resolve_metrics(config, registry, experiment_id, [metric_name])
+    check_schema(config, metrics, engine)
+    dates = resolve_dates(config, metrics, experiment_id, engine)
+    if dates is None:
+        raise DataError(f"experiment {experiment_id!r}: no assignments to plan from")
+    query = compile_moments(
+        experiment, metrics, config.run.assignments, dates, dialect=engine.dialect
+    )
+    assert query.layout is not None
+    moments = read_moments(engine.query(query.sql), query.layout)
+    cells = [moments.get("itt", v, metric_name) for v in moments.variants("itt")]
+    control = moments.get("itt", experiment.control, metric_name)
+    if control is None or not cells:
+        raise DataError(
+            f"experiment {experiment_id!r}: no control units with a complete window to plan from"
+        )
+    pooled = cells[0]
+    for cell in cells[1:]:
+        pooled = pooled.merge(cell)
+    # Units with a complete window were assigned between the first assignment and
+    # as_of - window end: that span is the enrolment rate's denominator.
+    last_complete = dates.as_of - timedelta(days=experiment.window[1])
+    enrolment_days = max((last_complete - dates.first_assignment).days + 1, 1)
+    return plan(
+        metric_name,
+        query.layout.metrics[metric_name],
+        control,
+        pooled,
+        weights=[experiment.weights[experiment.control]]
+        + [experiment.weights[v] for v in experiment.treatments],
+        units_per_day=pooled.n / enrolment_days,
+        mde_relative=mde_relative,
+        alpha=experiment.alpha,
+        power=power,
+    )
