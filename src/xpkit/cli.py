@@ -11,7 +11,7 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from xpkit.history import HISTORY_FILE
 from xpkit.registry import MetricRegistry, load_metrics
 from xpkit.render import render_history, render_scorecard
 from xpkit.runner import ExperimentRun, compile_experiment, run_experiment, write_run
-from xpkit.scorecard import CHECKS_FILE, find_scorecards, read_table
+from xpkit.scorecard import CHECKS_FILE, find_scorecards, read_table, recorded_fractions
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -263,6 +263,7 @@ def run_all(
     engine = _engine(config, engine_name, memory_limit, threads)
     try:
         runs = []
+        filed = run_date or datetime.now(UTC).date()
         for experiment_id in experiment_ids:
             run = run_experiment(
                 config,
@@ -273,6 +274,7 @@ def run_all(
                 run_date=run_date,
                 allow_invalid=allow_invalid,
                 history=history,
+                past_fractions=recorded_fractions(out_dir, experiment_id, filed),
             )
             runs.append(write_run(run, out_dir))
         return runs

@@ -99,6 +99,10 @@ class ExperimentConfig(_Strict):
     max_duplicate_row_share: float = Field(default=0.01, ge=0, le=1)
     max_incomplete_share: float = Field(default=0.5, ge=0, le=1)
     sequential_mde: float = Field(default=0.02, gt=0)
+    stopping_rule: Literal["always_valid", "group_sequential", "fixed_horizon"] = "always_valid"
+    planned_units: int | None = Field(default=None, ge=2)
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    max_days: int | None = Field(default=None, ge=1)
 
     @field_validator("weights")
     @classmethod
@@ -148,6 +152,8 @@ class ExperimentConfig(_Strict):
         unknown_primary = sorted(set(self.primary or []) - set(self.metrics))
         if unknown_primary:
             raise ValueError(f"primary metrics {unknown_primary} are not listed in metrics")
+        if self.stopping_rule == "group_sequential" and self.planned_units is None:
+            raise ValueError("stopping_rule 'group_sequential' needs planned_units")
         if self.primary == []:
             raise ValueError("primary must name at least one metric")
         guarded = [g.metric for g in self.guardrails]

@@ -21,6 +21,7 @@ from typing import Literal
 from xpkit.analysis import MetricInfo, MetricResult
 from xpkit.config import ExperimentConfig
 from xpkit.health import Check, failed_gates
+from xpkit.stopping import StopVerdict
 
 DecisionKind = Literal["ship", "no_ship", "keep_running", "invalid"]
 
@@ -47,12 +48,14 @@ def decide(
     *,
     days_observed: int,
     min_units_observed: int,
-    stopping_reasons: Mapping[str, tuple[bool, str]] | None = None,
+    stopping: Mapping[str, StopVerdict] | None = None,
 ) -> list[Decision]:
     """One decision per treatment variant.
 
-    ``stopping_reasons`` maps a variant to (may_stop, reason) from the experiment's
-    stopping rule; without it the test is fixed-horizon at the minimum runtime.
+    ``stopping`` maps a variant to its stopping rule's verdict (:mod:`xpkit.stopping`):
+    ``ship`` and ``no_ship`` are only given when the rule's bound is crossed or the test
+    has ended. Without it (or with a ``fixed`` verdict) the fixed-horizon p-values decide
+    once the minimum runtime is met.
     """
     decisions = []
     gates = failed_gates(checks)
@@ -95,23 +98,35 @@ def decide(
                 f"minimum sample not met: {min_units_observed} of {experiment.min_units} units "
                 f"in the smallest variant"
             )
-        may_stop, stop_reason = (stopping_reasons or {}).get(variant, (True, ""))
-        if stop_reason:
-            reasons.append(stop_reason)
+        verdict = (stopping or {}).get(variant)
+        if verdict is not None and verdict.reason:
+            reasons.append(verdict.reason)
+        state = "fixed" if verdict is None else verdict.state
 
+        kind: DecisionKind
         if not (runtime_ok and units_ok):
             # Too early to end the test either way: a breach or harm seen now is reported
             # in the reasons, but one noisy day does not end an experiment.
-            decisions.append(Decision(variant, "keep_running", tuple(reasons)))
-        elif breached or harmful:
-            decisions.append(Decision(variant, "no_ship", tuple(reasons)))
-        elif primary and len(improved) == len(primary) and may_stop:
-            reasons += [f"primary metric improved: {line}" for line in improved]
+            kind = "keep_running"
+        elif breached:
+            kind = "no_ship"
+        elif state == "fixed":
+            if harmful:
+                kind = "no_ship"
+            elif primary and len(improved) == len(primary):
+                reasons += [f"primary metric improved: {line}" for line in improved]
+                reasons.append("no guardrail breached")
+                kind = "ship"
+            else:
+                reasons += [f"primary metric not significant: {line}" for line in flat]
+                kind = "no_ship"
+        elif state == "benefit":
+            reasons += [f"primary metric: {line}" for line in improved + flat]
             reasons.append("no guardrail breached")
-            decisions.append(Decision(variant, "ship", tuple(reasons)))
+            kind = "ship"
+        elif state in ("harm", "ended"):
+            kind = "no_ship"
         else:
-            reasons += [f"primary metric not significant: {line}" for line in flat]
-            reasons += [f"primary metric improved: {line}" for line in improved]
-            kind: DecisionKind = "no_ship" if may_stop else "keep_running"
-            decisions.append(Decision(variant, kind, tuple(reasons)))
+            kind = "keep_running"
+        decisions.append(Decision(variant, kind, tuple(reasons)))
     return decisions

@@ -43,6 +43,7 @@ from xpkit.scorecard import (
     output_dir,
     write_atomic,
 )
+from xpkit.stopping import primary_looks, stopping_verdict
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,18 @@ def run_experiment(
     run_date: date | None = None,
     allow_invalid: bool = False,
     history: bool = False,
+    past_fractions: Sequence[float] = (),
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
     The history comes from the same single statement: its last day is the scorecard's
-    population, so asking for it costs no second scan.
+    population, so asking for it costs no second scan. The always-valid stopping rule needs
+    it, so it is computed whenever that rule is in force. ``past_fractions`` are the
+    information fractions of this experiment's earlier recorded runs (group-sequential).
     """
     experiment = config.experiment(experiment_id)
+    keep_history = history
+    history = history or experiment.stopping_rule == "always_valid"
     metrics = resolve_metrics(config, registry, experiment_id)
     check_schema(config, metrics, engine)
     computed_at = datetime.now(UTC)
@@ -187,6 +193,7 @@ def run_experiment(
     infos: dict[str, MetricInfo] = {}
     results = []
     history_table = None
+    always_valid: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
     if dates is not None:
@@ -217,13 +224,45 @@ def run_experiment(
         results = analyse(experiment, infos, moments)
         if history:
             history_table = build_history(experiment, infos, by_date, run_date)
+            last_rows = [
+                r
+                for r in history_table.to_pylist()
+                if r["population"] == "itt" and r["analysis_date"] == last
+            ]
+            always_valid = {
+                (r["metric"], r["variant"]): (
+                    r["always_valid_p_value"],
+                    r["always_valid_ci_low"],
+                    r["always_valid_ci_high"],
+                )
+                for r in last_rows
+            }
         checks += _sample_checks(experiment, moments.variants("itt"))
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
     n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
     n_control = next((r.effect.n_control for r in results if r.population == "itt"), 0)
     smallest = min([n_control, *n_by_variant.values()]) if results else 0
+    n_total = n_control + sum(n_by_variant.values())
+    higher = {name: info.higher_is_better for name, info in infos.items()}
+    av_p = {key: value[0] for key, value in always_valid.items() if value[0] is not None}
+    verdicts = {
+        variant: stopping_verdict(
+            experiment,
+            primary_looks(results, variant, higher, av_p),
+            n_total=n_total,
+            days_observed=days,
+            past_fractions=past_fractions,
+        )
+        for variant in experiment.treatments
+    }
     decisions = decide(
-        experiment, infos, results, checks, days_observed=days, min_units_observed=smallest
+        experiment,
+        infos,
+        results,
+        checks,
+        days_observed=days,
+        min_units_observed=smallest,
+        stopping=verdicts,
     )
     provenance = Provenance(
         computed_at=computed_at,
@@ -243,6 +282,8 @@ def run_experiment(
         run_date=run_date,
         as_of=dates.as_of if dates else run_date,
         allow_invalid=allow_invalid,
+        always_valid=always_valid,
+        verdicts=verdicts,
     )
     return ExperimentRun(
         experiment_id=experiment.id,
@@ -250,7 +291,7 @@ def run_experiment(
         checks=build_checks(experiment.id, run_date, checks),
         valid=not failed_gates(checks),
         sql=sql,
-        history=history_table,
+        history=history_table if keep_history else None,
     )
 
 

@@ -29,6 +29,7 @@ from xpkit.config import ExperimentConfig
 from xpkit.decision import Decision
 from xpkit.errors import BadInputError
 from xpkit.health import Check
+from xpkit.stopping import StopVerdict
 
 SCORECARD_FILE = "scorecard.parquet"
 CHECKS_FILE = "checks.parquet"
@@ -73,6 +74,12 @@ SCORECARD_SCHEMA = pa.schema(
         ("guardrail_p_value", pa.float64()),
         ("guardrail_breached", pa.bool_()),
         ("guardrail_reason", pa.string()),
+        ("stopping_rule", pa.string()),
+        ("always_valid_p_value", pa.float64()),
+        ("always_valid_ci_low", pa.float64()),
+        ("always_valid_ci_high", pa.float64()),
+        ("information_fraction", pa.float64()),
+        ("sequential_z_bound", pa.float64()),
         ("srm_p_value", pa.float64()),
         ("valid", pa.bool_()),
         ("invalid_reason", pa.string()),
@@ -119,6 +126,9 @@ EFFECT_COLUMNS = (
     "guardrail_bound",
     "guardrail_p_value",
     "guardrail_breached",
+    "always_valid_p_value",
+    "always_valid_ci_low",
+    "always_valid_ci_high",
 )
 
 
@@ -150,6 +160,8 @@ def build_scorecard(
     run_date: date,
     as_of: date,
     allow_invalid: bool = False,
+    always_valid: Mapping[tuple[str, str], tuple[float | None, ...]] | None = None,
+    verdicts: Mapping[str, StopVerdict] | None = None,
 ) -> pa.Table:
     gates = [c for c in checks if c.gate and not c.passed]
     valid = not gates
@@ -163,6 +175,8 @@ def build_scorecard(
         u = r.unadjusted
         g = r.guardrail
         d = by_variant.get(r.variant)
+        seq = (always_valid or {}).get((r.metric, r.variant)) if r.population == "itt" else None
+        verdict = (verdicts or {}).get(r.variant)
         row = {
             "experiment_id": experiment.id,
             "run_date": run_date,
@@ -203,6 +217,12 @@ def build_scorecard(
             "guardrail_p_value": _f(g.p_value) if g else None,
             "guardrail_breached": g.breached if g else None,
             "guardrail_reason": g.reason if g else None,
+            "stopping_rule": experiment.stopping_rule,
+            "always_valid_p_value": _f(seq[0]) if seq else None,
+            "always_valid_ci_low": _f(seq[1]) if seq else None,
+            "always_valid_ci_high": _f(seq[2]) if seq else None,
+            "information_fraction": _f(verdict.information_fraction) if verdict else None,
+            "sequential_z_bound": _f(verdict.z_bound) if verdict else None,
             "srm_p_value": _f(srm),
             "valid": valid,
             "invalid_reason": invalid_reason,
@@ -279,3 +299,22 @@ def find_scorecards(path: Path) -> list[Path]:
     if not latest:
         raise BadInputError(f"{path}: no {SCORECARD_FILE} found under this folder")
     return sorted(latest.values())
+
+
+def recorded_fractions(out: Path, experiment_id: str, before: date) -> list[float]:
+    """Information fractions of this experiment's runs filed before ``before``, in order.
+
+    The group-sequential rule needs the earlier looks; the recorded scorecards are the
+    run history, so a scheduled daily job applies the right boundary at every look.
+    """
+    folder = output_dir(out, experiment_id, before).parent
+    fractions = []
+    for path in sorted(folder.glob("run_date=*/" + SCORECARD_FILE)):
+        day = date.fromisoformat(path.parent.name.split("=", 1)[1])
+        if day >= before:
+            continue
+        values = pq.read_table(path, columns=["information_fraction"]).column(0).to_pylist()
+        known = [v for v in values if v is not None]
+        if known:
+            fractions.append(float(known[0]))
+    return fractions

@@ -1,0 +1,134 @@
+"""Stopping rules: may this look end the experiment, and which way?
+
+``always_valid`` (default)  the mSPRT's always-valid p-value of every primary metric, from
+                            the run's daily history: valid under continuous monitoring.
+                            Without a crossing the experiment keeps running until
+                            ``max_days``, then ends without a ship.
+``group_sequential``        Lan-DeMets alpha spending (O'Brien-Fleming or Pocock shape) at
+                            information fraction n / ``planned_units``; the earlier looks
+                            are the recorded runs of this experiment.
+``fixed_horizon``           one look at ``planned_units``: before that the result is not yet
+                            valid; without ``planned_units`` the minimum runtime decides.
+
+Pure: takes effects and numbers, returns a verdict with a reason a person can read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from xpkit.config import ExperimentConfig
+from xpkit.stats.effect import Effect
+from xpkit.stats.group_sequential import check_look
+
+StopState = Literal["benefit", "harm", "continue", "ended", "fixed"]
+
+
+@dataclass(frozen=True)
+class PrimaryLook:
+    metric: str
+    effect: Effect
+    higher_is_better: bool
+    always_valid_p: float | None = None
+
+
+@dataclass(frozen=True)
+class StopVerdict:
+    state: StopState
+    reason: str
+    information_fraction: float | None = None
+    z_bound: float | None = None
+
+
+def _good(look: PrimaryLook) -> bool:
+    return (look.effect.abs_effect > 0) == look.higher_is_better
+
+
+def stopping_verdict(
+    experiment: ExperimentConfig,
+    primaries: Sequence[PrimaryLook],
+    *,
+    n_total: int,
+    days_observed: int,
+    past_fractions: Sequence[float] = (),
+) -> StopVerdict:
+    rule = experiment.stopping_rule
+    alpha = experiment.alpha
+    if not primaries:
+        return StopVerdict("continue", "no primary metric estimate yet")
+    if rule == "fixed_horizon":
+        planned = experiment.planned_units
+        if planned is not None and n_total < planned:
+            return StopVerdict(
+                "continue",
+                f"fixed-horizon result NOT YET VALID: {n_total} of {planned} planned units",
+                information_fraction=n_total / planned,
+            )
+        return StopVerdict("fixed", "fixed horizon reached" if planned else "")
+
+    if rule == "always_valid":
+        ps = [p.always_valid_p for p in primaries]
+        if any(p is None or math.isnan(p) for p in ps):
+            return StopVerdict("continue", "always-valid p-value not available yet")
+        crossed = [p < alpha for p in ps]  # type: ignore[operator]
+        if any(c and not _good(look) for c, look in zip(crossed, primaries, strict=True)):
+            return StopVerdict("harm", "always-valid test crossed in the harmful direction")
+        if all(c and _good(look) for c, look in zip(crossed, primaries, strict=True)):
+            text = ", ".join(
+                f"{look.metric} p = {p:.3g}" for look, p in zip(primaries, ps, strict=True)
+            )
+            return StopVerdict("benefit", f"always-valid (mSPRT) bound crossed: {text}")
+        text = ", ".join(
+            f"{look.metric} p = {p:.3g}" for look, p in zip(primaries, ps, strict=True)
+        )
+        if experiment.max_days is not None and days_observed >= experiment.max_days:
+            return StopVerdict(
+                "ended",
+                f"maximum runtime of {experiment.max_days} days reached without a "
+                f"crossing (always-valid {text})",
+            )
+        return StopVerdict("continue", f"always-valid bound not crossed yet ({text})")
+
+    # group_sequential
+    planned = experiment.planned_units
+    assert planned is not None  # enforced by the config
+    fraction = min(1.0, n_total / planned)
+    past = [f for f in past_fractions if f < fraction]
+    verdicts = []
+    for look in primaries:
+        e = look.effect
+        z = e.abs_effect / e.abs_se if e.abs_se and e.abs_se > 0 else 0.0
+        verdicts.append(check_look(past, fraction, z, alpha, experiment.spending))
+    bound = verdicts[0].z_bound
+    head = (
+        f"group-sequential look {len(past) + 1} at information fraction {fraction:.2f}, "
+        f"|z| bound {bound:.3f}"
+    )
+    if any(v.crossed and not _good(look) for v, look in zip(verdicts, primaries, strict=True)):
+        return StopVerdict("harm", f"{head}: crossed in the harmful direction", fraction, bound)
+    if all(v.crossed and _good(look) for v, look in zip(verdicts, primaries, strict=True)):
+        return StopVerdict("benefit", f"{head}: crossed", fraction, bound)
+    if verdicts[0].final:
+        return StopVerdict("ended", f"{head}: final look, not crossed", fraction, bound)
+    return StopVerdict("continue", f"{head}: not crossed", fraction, bound)
+
+
+def primary_looks(
+    results: Sequence,  # MetricResult, kept loose to avoid an import cycle
+    variant: str,
+    higher_is_better: Mapping[str, bool],
+    always_valid: Mapping[tuple[str, str], float],
+) -> list[PrimaryLook]:
+    return [
+        PrimaryLook(
+            r.metric,
+            r.effect,
+            higher_is_better[r.metric],
+            always_valid.get((r.metric, r.variant)),
+        )
+        for r in results
+        if r.population == "itt" and r.role == "primary" and r.variant == variant
+    ]
