@@ -85,3 +85,34 @@ def test_run_history_writes_and_show_prints_it(sample_dir: Path, tmp_path: Path)
     assert "Effect over time (ITT)" in shown
     assert "watch_seconds — treatment" in shown
     assert shown.index("watch_seconds — treatment") < shown.index("errors — treatment")
+
+
+def test_novelty_verdict_from_cumulative_history() -> None:
+    """Daily increments recovered from a cumulative series reveal a fading effect."""
+    import numpy as np
+    import pyarrow as pa
+
+    from xpkit.history import HISTORY_SCHEMA, daily_increments
+    from xpkit.stats.novelty import DECLINING, NO_TREND
+
+    def table(increments: list[float]) -> pa.Table:
+        se_day = 0.05
+        w = np.cumsum(np.full(len(increments), 1 / se_day**2))
+        est = np.cumsum(np.array(increments) / se_day**2) / w
+        rows = [
+            {
+                "population": "itt",
+                "metric": "m",
+                "variant": "t",
+                "analysis_date": date(2024, 1, k + 1),
+                "abs_effect": float(est[k]),
+                "abs_se": float(1 / np.sqrt(w[k])),
+            }
+            for k in range(len(increments))
+        ]
+        return pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
+
+    fading = [1.0 - 0.08 * k for k in range(12)]
+    assert daily_increments(table(fading), "itt", "m", "t") == DECLINING
+    flat = [0.5 + 0.01 * (-1) ** k for k in range(12)]
+    assert daily_increments(table(flat), "itt", "m", "t") == NO_TREND
