@@ -1,0 +1,207 @@
+"""Run the generated SQL on Spark when one machine is not enough.
+
+The statement is the same one DuckDB runs, written in the Spark dialect by
+:func:`xpkit.compile.finish`; Spark scans the fact tables where they live and only the
+per-variant moments (a few rows) come back to Python.
+
+The session is the usual Spark one: an active session if there is one (a notebook, a job
+started with ``spark-submit``), else ``SparkSession.builder.getOrCreate()``, which picks up
+``spark-defaults.conf``, ``SPARK_REMOTE`` (Spark Connect) and the submit-time settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from xpkit.engine import _is_file_location
+from xpkit.errors import BadInputError, DataError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+# Dates come from casting timestamps; with the session in UTC, Spark's DATE of a timestamp
+# is the same calendar day DuckDB computes, so windows line up across engines.
+_TIME_ZONE = "UTC"
+_TIME_ZONE_KEY = "spark.sql.session.timeZone"
+# Spark's error conditions for names that do not resolve to data.
+_MISSING_DATA = (
+    "TABLE_OR_VIEW_NOT_FOUND",
+    "PATH_NOT_FOUND",
+    "UNRESOLVED_COLUMN",
+    "UNRESOLVED_FIELD",
+    "UNRESOLVED_MAP_KEY",
+)
+
+
+def _analysis_exception() -> type[Exception]:
+    from pyspark.errors import AnalysisException
+
+    return AnalysisException
+
+
+class SparkEngine:
+    """Spark SQL over temp views named after the configuration's logical tables."""
+
+    dialect = "spark"
+
+    def __init__(
+        self,
+        tables: Mapping[str, str] | None = None,
+        *,
+        session: SparkSession | None = None,
+        app_name: str = "xpkit",
+    ) -> None:
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise BadInputError(
+                "the Spark engine needs PySpark: pip install 'xpkit[spark]' "
+                "(and a Java runtime for a local session)"
+            ) from None
+        self._owns_session = False
+        if session is None:
+            session = SparkSession.getActiveSession()
+        if session is None:
+            session = SparkSession.builder.appName(app_name).getOrCreate()
+            self._owns_session = True
+        self.spark: SparkSession = session
+        # A session we were handed keeps its own time zone once we are done with it.
+        self._previous_time_zone = session.conf.get(_TIME_ZONE_KEY, None)
+        session.conf.set(_TIME_ZONE_KEY, _TIME_ZONE)
+        self._views: list[str] = []
+        for name, location in (tables or {}).items():
+            self._register(name, location)
+
+    def _register(self, name: str, location: str) -> None:
+        if _is_file_location(location):
+            if len(exp.to_table(name).parts) > 1:
+                raise DataError(
+                    f"table {name!r}: a file location needs a plain table name (no schema), "
+                    f"because it is registered as a temporary view"
+                )
+            reader = self.spark.read
+            try:
+                with _quiet_query_context_logs():
+                    frame = (
+                        reader.options(header=True, inferSchema=True).csv(location)
+                        if location.endswith(".csv")
+                        else reader.parquet(location)
+                    )
+            except _analysis_exception() as err:
+                raise DataError(
+                    f"table {name!r}: cannot read {location!r}: {_first_line(err)}"
+                ) from None
+            frame.createOrReplaceTempView(name)
+            self._views.append(name)
+        elif location != name:
+            # A logical name over an existing table: the generated SQL names logical tables,
+            # so a view keeps it unchanged whatever the catalog calls the table.
+            try:
+                with _quiet_query_context_logs():
+                    frame = self.spark.table(_quoted(location))
+            except _analysis_exception() as err:
+                raise DataError(
+                    f"table {name!r}: cannot read {location!r}: {_first_line(err)}"
+                ) from None
+            frame.createOrReplaceTempView(name)
+            self._views.append(name)
+
+    def columns(self, table: str) -> list[str] | None:
+        try:
+            with _quiet_query_context_logs():
+                return list(self.spark.table(_quoted(table)).columns)
+        except _analysis_exception():
+            return None
+
+    def query(self, sql: str) -> pa.Table:
+        try:
+            with _quiet_query_context_logs():
+                return _to_arrow(self.spark.sql(sql))
+        except _analysis_exception() as err:
+            # Only a missing table, file or column is the user's to fix; any other analysis
+            # error is a statement xpkit should not have generated, and surfaces as such.
+            if not _condition(err).startswith(_MISSING_DATA):
+                raise
+            raise DataError(
+                f"the data does not match the configuration: {_first_line(err)}"
+            ) from None
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.spark.stop()
+            return
+        for view in self._views:
+            self.spark.catalog.dropTempView(view)
+        if self._previous_time_zone is None:
+            self.spark.conf.unset(_TIME_ZONE_KEY)
+        else:
+            self.spark.conf.set(_TIME_ZONE_KEY, self._previous_time_zone)
+
+    def __enter__(self) -> SparkEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _quoted(table: str) -> str:
+    return exp.to_table(table).sql("spark")
+
+
+def _condition(err: Exception) -> str:
+    """Spark's error condition (``getCondition`` from 4.0, ``getErrorClass`` before)."""
+    for getter in ("getCondition", "getErrorClass"):
+        method = getattr(err, getter, None)
+        if method is not None:
+            return method() or ""
+    return ""
+
+
+def _first_line(err: Exception) -> str:
+    """The reason without the logical plan Spark appends to analysis errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextmanager
+def _quiet_query_context_logs() -> Iterator[None]:
+    """Silence PySpark's own logging of an analysis error while we translate it.
+
+    PySpark >= 4 logs every failed statement with its Java stack trace before raising; the
+    error still reaches the caller as a one-line DataError, so the log would only bury it.
+    """
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:  # PySpark 3.5 does not log them
+        yield
+        return
+    # PySparkLogger.getLogger creates them with the class that accepts PySpark's extra
+    # keyword arguments; a plain logging.getLogger here would make its later calls fail.
+    loggers = [
+        PySparkLogger.getLogger(name)
+        for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+    ]
+    previous = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, previous, strict=True):
+            lg.disabled = was
+
+
+def _to_arrow(frame: DataFrame) -> pa.Table:
+    to_arrow = getattr(frame, "toArrow", None)  # PySpark >= 4
+    if to_arrow is not None:
+        return to_arrow()
+    # PySpark 3.5: the result is a few rows of moments, so collecting Rows is cheap and keeps
+    # integers, decimals and dates as they are (pandas would turn NULL integers into floats).
+    rows = frame.collect()
+    columns: dict[str, list[Any]] = {c: [row[c] for row in rows] for c in frame.columns}
+    return pa.table(columns)

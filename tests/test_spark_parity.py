@@ -1,0 +1,340 @@
+"""The same statements on Spark and on DuckDB give the same numbers.
+
+Spark adds up in a different order, so results agree to floating-point rounding, not bit
+for bit: every comparison is at 1e-9 relative. Without PySpark or Java these tests are
+skipped locally; in CI (``CI=true``) that is a failure, because CI is where they must run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.test_compile import DATES, EXPERIMENT, METRICS, Daily, tiny  # noqa: F401
+from xpkit import Metric
+from xpkit.compile import compile_assignment_health, compile_bounds, compile_moments
+from xpkit.config import AssignmentColumns, LoadedConfig, load_config
+from xpkit.engine import DuckDBEngine, Engine, open_engine
+from xpkit.errors import DataError
+from xpkit.readout import MomentsTable, read_moments
+from xpkit.registry import MetricRegistry, load_metrics
+from xpkit.runner import compile_experiment, run_experiment
+
+pytestmark = [
+    pytest.mark.spark,
+    # PySpark's notice about pandas 3; xpkit takes results as Arrow, not through pandas.
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+RTOL = 1e-9
+SAMPLE_EXPERIMENTS = ("homepage_ranking_v2", "artwork_abc", "player_srm", "search_exposure_bug")
+# Provenance that differs by construction: the wall clock, and the hash of the SQL text
+# (each engine runs the statement in its own dialect).
+NOT_COMPARED = {"computed_at", "sql_sha256"}
+
+
+class PooledCapSessions(Metric):
+    """An integer metric capped at a pooled percentile: QUANTILE_CONT on Spark."""
+
+    source = Daily
+    expression = "SUM(sessions)"
+    cap = "p75"
+    covariate = "pre"
+
+
+class FixedCapSessions(Metric):
+    """An integer metric with a fractional cap: DECIMAL values on Spark."""
+
+    source = Daily
+    expression = "SUM(sessions)"
+    cap = 2.5
+
+
+TINY_METRICS = [*METRICS, PooledCapSessions, FixedCapSessions]
+
+
+def _spark_missing() -> str | None:
+    if importlib.util.find_spec("pyspark") is None:
+        return "PySpark is not installed (pip install 'xpkit[spark]')"
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
+        return "no Java runtime for a local Spark session"
+    return None
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    reason = _spark_missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the Spark parity tests", pytrace=False)
+        pytest.skip(reason)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("xpkit-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        # The test tables are small: compiling whole-stage Java for the wide aggregates of
+        # the moments statement costs more than running them (about 40% of the runtime).
+        .config("spark.sql.codegen.wholeStage", "false")
+        # Loopback only: the tests neither need nor look up the machine's network name.
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+# --------------------------------------------------------------------------------------
+# Comparison helpers.
+# --------------------------------------------------------------------------------------
+def _plain(value: object) -> object:
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def assert_same_value(expected: object, actual: object, where: str) -> None:
+    expected, actual = _plain(expected), _plain(actual)
+    if isinstance(expected, float | int) and not isinstance(expected, bool):
+        assert isinstance(actual, float | int) and not isinstance(actual, bool), where
+        if math.isnan(expected):
+            assert math.isnan(actual), f"{where}: {expected!r} != {actual!r}"
+        else:
+            assert actual == pytest.approx(expected, rel=RTOL, abs=0), where
+    else:
+        assert actual == expected, where
+
+
+def assert_same_table(
+    expected: pa.Table, actual: pa.Table, *, ignore: Collection[str] = ()
+) -> None:
+    """Same columns, same rows in the same order, numbers equal to RTOL relative."""
+    assert actual.column_names == expected.column_names
+    assert actual.num_rows == expected.num_rows
+    for i, (want, got) in enumerate(zip(expected.to_pylist(), actual.to_pylist(), strict=True)):
+        for column in expected.column_names:
+            if column not in ignore:
+                assert_same_value(want[column], got[column], f"row {i}, column {column!r}")
+
+
+def assert_same_moments(expected: MomentsTable, actual: MomentsTable) -> None:
+    """n, means and co-moments of every (population, variant, metric) cell."""
+    assert actual.cells.keys() == expected.cells.keys()
+    for key, want in expected.cells.items():
+        got = actual.cells[key]
+        assert got.n == want.n, key
+        assert got.columns == want.columns, key
+        np.testing.assert_allclose(got.mean, want.mean, rtol=RTOL, atol=0, err_msg=str(key))
+        # A co-moment is a difference of sums of products and can be zero in exact
+        # arithmetic (``exposed`` is constant 1 in the TOT population), leaving only rounding
+        # noise; so each entry is judged against the sums of squares it was computed from,
+        # sqrt(sum x_i^2 * sum x_j^2), not against itself.
+        raw = np.diag(want.comoment) + want.n * want.mean**2
+        scale = np.sqrt(np.outer(raw, raw))
+        assert np.all(np.abs(got.comoment - want.comoment) <= RTOL * scale), key
+
+
+# --------------------------------------------------------------------------------------
+# (a) The hand-made tables of test_compile: every output column of every statement.
+# --------------------------------------------------------------------------------------
+@pytest.fixture()
+def tiny_tables(tiny: DuckDBEngine, tmp_path: Path) -> Mapping[str, str]:  # noqa: F811
+    # The `tiny` fixture wrote its Parquet files into this test's tmp_path.
+    return {
+        "experiment_assignments": str(tmp_path / "assignments.parquet"),
+        "daily": str(tmp_path / "daily.parquet"),
+    }
+
+
+@pytest.fixture()
+def tiny_spark(spark: Any, tiny_tables: Mapping[str, str]) -> Iterator[Engine]:
+    # open_engine is the path a run takes; it finds the active session rather than
+    # starting a second one.
+    engine = open_engine("spark", tiny_tables)
+    yield engine
+    engine.close()
+
+
+def test_tiny_moments_columns_match(tiny: DuckDBEngine, tiny_spark: Engine) -> None:  # noqa: F811
+    statements = {
+        dialect: compile_moments(
+            EXPERIMENT, TINY_METRICS, AssignmentColumns(), DATES, dialect=dialect
+        )
+        for dialect in ("duckdb", "spark")
+    }
+    expected = tiny.query(statements["duckdb"].sql)
+    actual = tiny_spark.query(statements["spark"].sql)
+    assert expected.num_rows == 4  # (itt, tot) x (control, treatment)
+    assert_same_table(expected, actual)
+    layout = statements["duckdb"].layout
+    assert layout is not None
+    assert_same_moments(read_moments(expected, layout), read_moments(actual, layout))
+
+
+def test_tiny_daily_history_matches(tiny: DuckDBEngine, tiny_spark: Engine) -> None:  # noqa: F811
+    """The as-of-every-date form: a date spine and running sums over window functions."""
+    expected, actual = (
+        engine.query(
+            compile_moments(
+                EXPERIMENT,
+                TINY_METRICS,
+                AssignmentColumns(),
+                DATES,
+                dialect=engine.dialect,
+                history=True,
+            ).sql
+        )
+        for engine in (tiny, tiny_spark)
+    )
+    assert expected.num_rows > 4
+    assert_same_table(expected, actual)
+
+
+def test_tiny_health_and_bounds_match(tiny: DuckDBEngine, tiny_spark: Engine) -> None:  # noqa: F811
+    for build in (
+        lambda d: compile_assignment_health(
+            EXPERIMENT, AssignmentColumns(), DATES.as_of, dialect=d
+        ),
+        lambda d: compile_bounds(EXPERIMENT, TINY_METRICS, AssignmentColumns(), dialect=d),
+    ):
+        expected = tiny.query(build("duckdb").sql)
+        actual = tiny_spark.query(build("spark").sql)
+        assert expected.num_rows > 0
+        assert_same_table(expected, actual)
+
+
+def test_missing_tables_and_columns_are_data_errors(
+    spark: Any, tiny_tables: Mapping[str, str], tmp_path: Path
+) -> None:
+    from xpkit.spark_engine import SparkEngine
+
+    with SparkEngine(tiny_tables, session=spark) as engine:
+        assert engine.columns("daily") == ["member_id", "date", "watch", "sessions", "device"]
+        assert engine.columns("no_such_table") is None
+        with pytest.raises(DataError, match="no_such_table"):
+            engine.query("SELECT * FROM no_such_table")
+        with pytest.raises(DataError, match="wacth"):
+            engine.query("SELECT SUM(wacth) FROM daily")
+    with pytest.raises(DataError, match="table 'daily': cannot read"):
+        SparkEngine({"daily": str(tmp_path / "missing" / "*.parquet")}, session=spark)
+
+
+def test_a_session_it_was_handed_is_left_as_it_was(
+    spark: Any, tiny_tables: Mapping[str, str]
+) -> None:
+    from xpkit.spark_engine import SparkEngine
+
+    spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+    try:
+        with SparkEngine(tiny_tables, session=spark):
+            assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+            assert spark.catalog.tableExists("daily")
+        assert spark.conf.get("spark.sql.session.timeZone") == "America/Los_Angeles"
+        assert not spark.catalog.tableExists("daily")
+        assert not spark.sparkContext._jsc.sc().isStopped()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+
+
+# --------------------------------------------------------------------------------------
+# (b) The sample data: sufficient statistics and scorecards of the four experiments.
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sample(sample_dir: Path) -> tuple[LoadedConfig, MetricRegistry]:
+    config = load_config(sample_dir / "experiments.toml")
+    return config, load_metrics()
+
+
+class Remembering:
+    """An engine that answers a statement it already ran from memory.
+
+    The sample data do not change within this module, so the scorecard tests reuse the
+    bounds and moments results of the sufficient-statistics tests instead of asking Spark
+    again (about half of this module's Spark time).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self._results: dict[str, pa.Table] = {}
+
+    def columns(self, table: str) -> list[str] | None:
+        return self.engine.columns(table)
+
+    def query(self, sql: str) -> pa.Table:
+        if sql not in self._results:
+            self._results[sql] = self.engine.query(sql)
+        return self._results[sql]
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.fixture(scope="module")
+def engines(spark: Any, sample: tuple[LoadedConfig, MetricRegistry]) -> Iterator[Sequence[Engine]]:
+    from xpkit.spark_engine import SparkEngine
+
+    config, _ = sample
+    pair = (
+        Remembering(DuckDBEngine(config.run.tables)),
+        Remembering(SparkEngine(config.run.tables, session=spark)),
+    )
+    yield pair
+    for engine in pair:
+        engine.close()
+
+
+@pytest.mark.parametrize("experiment_id", SAMPLE_EXPERIMENTS)
+def test_sample_sufficient_statistics_match(
+    experiment_id: str,
+    sample: tuple[LoadedConfig, MetricRegistry],
+    engines: Sequence[Engine],
+) -> None:
+    config, registry = sample
+    moments = []
+    for engine in engines:
+        # Dates are resolved on each engine too: the bounds statement is part of the parity.
+        query = compile_experiment(config, registry, experiment_id, engine)
+        assert query.layout is not None
+        moments.append(read_moments(engine.query(query.sql), query.layout))
+    duck, sparked = moments
+    assert duck.cells
+    assert_same_moments(duck, sparked)
+
+
+@pytest.mark.parametrize("experiment_id", SAMPLE_EXPERIMENTS)
+def test_sample_scorecards_match(
+    experiment_id: str,
+    sample: tuple[LoadedConfig, MetricRegistry],
+    engines: Sequence[Engine],
+) -> None:
+    config, registry = sample
+    runs = [
+        run_experiment(
+            config, registry, experiment_id, engine, run_date=date(2024, 4, 5), history=True
+        )
+        for engine in engines
+    ]
+    duck, sparked = runs
+    assert duck.scorecard.num_rows > 0
+    assert sparked.valid == duck.valid
+    assert_same_table(duck.scorecard, sparked.scorecard, ignore=NOT_COMPARED)
+    assert_same_table(duck.checks, sparked.checks)
+    # The day-by-day statistics behind the always-valid results come from the same statement.
+    assert duck.history is not None and sparked.history is not None
+    assert_same_table(duck.history, sparked.history, ignore=NOT_COMPARED)
