@@ -197,6 +197,22 @@ def test_one_scan_per_source() -> None:
     assert len(scans) == 1
 
 
+def test_metrics_needing_the_same_per_unit_column_share_it(tiny: DuckDBEngine) -> None:
+    # Watch's value and WatchPerSession's numerator are both SUM(watch) over the window:
+    # one column, aggregated and multiplied once. CappedWatch is SUM(watch) too, but capped,
+    # and TvWatch is filtered: those stay apart.
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES)
+    layout = query.layout
+    assert layout.metrics["watch_per_session"].value == layout.metrics["watch"].value
+    assert layout.metrics["capped_watch"].value != layout.metrics["watch"].value
+    assert layout.metrics["tv_watch"].value != layout.metrics["watch"].value
+    assert len(layout.columns) == len(set(layout.columns))
+    m = read_moments(tiny.query(query.sql), layout)
+    ratio = m.get("itt", "treatment", "watch_per_session")
+    assert ratio.mean_of(layout.metrics["watch_per_session"].value) == pytest.approx(23.5)
+    assert ratio.mean_of("watch_per_session__denominator") == pytest.approx(2.5)
+
+
 def test_large_mean_small_spread_keeps_variance_precise(tmp_path: Path) -> None:
     """Values around 1e9 with sd 1: raw sums of squares would lose every digit."""
     rng = np.random.default_rng(3)

@@ -191,11 +191,17 @@ class _UnitColumn:
     cap_value: float | None = None
     cap_percentile: float | None = None
 
+    @property
+    def key(self) -> tuple[str, float | None, float | None]:
+        """What the column computes: two columns with one key hold the same values."""
+        return self.tree.sql("duckdb"), self.cap_value, self.cap_percentile
+
 
 @dataclass
 class _SourceScan:
     source: type[Source]
     columns: list[_UnitColumn] = field(default_factory=list)
+    names: dict[tuple[str, float | None, float | None], str] = field(default_factory=dict)
 
     @property
     def cte(self) -> str:
@@ -210,9 +216,21 @@ def _qualified(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
-def _in_window(source: type[Source], start: str, end: str) -> exp.Expression:
-    day = exp.cast(exp.column(source.time, table="s"), "DATE")
-    return exp.Between(this=day, low=exp.column(start, table="u"), high=exp.column(end, table="u"))
+def _in_window(source: type[Source], days: tuple[int, int]) -> exp.Expression:
+    """The row's day, counted from the unit's assignment date, is within ``days``.
+
+    One integer offset against two literals is cheaper per row than comparing the row's date
+    with two per-unit date columns, and the join's build side carries one date per unit
+    instead of four.
+    """
+    day = exp.DateDiff(
+        this=exp.cast(exp.column(source.time, table="s"), "DATE"),
+        expression=exp.column("assignment_date", table="u"),
+        unit=exp.var("DAY"),
+    )
+    return exp.Between(
+        this=day, low=exp.Literal.number(days[0]), high=exp.Literal.number(days[1])
+    )
 
 
 def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression:
@@ -240,15 +258,24 @@ def _condition(metric: type[Metric], window: exp.Expression) -> exp.Expression:
 
 
 def plan_columns(
-    metrics: Sequence[type[Metric]], *, with_exposure: bool
+    metrics: Sequence[type[Metric]],
+    *,
+    with_exposure: bool,
+    window: tuple[int, int] = (0, 6),
+    pre_window: tuple[int, int] = (-14, -1),
 ) -> tuple[list[_SourceScan], dict[str, MetricLayout]]:
-    """Group metrics by source and name every per-unit column each metric needs."""
+    """Group metrics by source and name every per-unit column each metric needs.
+
+    Metrics that need the same per-unit column (``SUM(watch_seconds)`` over the window is
+    both a metric and a ratio's numerator) share it: it is aggregated, kept and multiplied
+    once.
+    """
     scans: dict[type[Source], _SourceScan] = {}
     layouts: dict[str, MetricLayout] = {}
     for metric in metrics:
         scan = scans.setdefault(metric.source, _SourceScan(metric.source))
-        post = _condition(metric, _in_window(metric.source, "window_start", "window_end"))
-        pre = _condition(metric, _in_window(metric.source, "pre_start", "pre_end"))
+        post = _condition(metric, _in_window(metric.source, window))
+        pre = _condition(metric, _in_window(metric.source, pre_window))
 
         def add(
             suffix: str,
@@ -258,16 +285,17 @@ def plan_columns(
             metric: type[Metric] = metric,
             scan: _SourceScan = scan,
         ) -> str:
-            name = f"{metric.name}__{suffix}"
-            scan.columns.append(
-                _UnitColumn(
-                    name=name,
-                    tree=_windowed(_qualified(tree), cond),
-                    cap_value=metric.cap_value if capped else None,
-                    cap_percentile=metric.cap_percentile if capped else None,
-                )
+            column = _UnitColumn(
+                name=f"{metric.name}__{suffix}",
+                tree=_windowed(_qualified(tree), cond),
+                cap_value=metric.cap_value if capped else None,
+                cap_percentile=metric.cap_percentile if capped else None,
             )
-            return name
+            key = column.key
+            if key not in scan.names:
+                scan.names[key] = column.name
+                scan.columns.append(column)
+            return scan.names[key]
 
         value = add("value", metric.expression_tree, post, capped=True)
         denominator = None
@@ -281,7 +309,7 @@ def plan_columns(
                 covariates.append(
                     add("pre_denominator", metric.denominator_tree, pre, capped=False)
                 )
-            covariates.append(_has_history_column(scan))
+            covariates.append(_has_history_column(scan, pre_window))
         layouts[metric.name] = MetricLayout(
             metric=metric.name,
             kind=metric.kind,
@@ -293,7 +321,7 @@ def plan_columns(
     return list(scans.values()), layouts
 
 
-def _has_history_column(scan: _SourceScan) -> str:
+def _has_history_column(scan: _SourceScan, pre_window: tuple[int, int]) -> str:
     """A 0/1 covariate: did the unit have any pre-period row on this source?
 
     Units with no pre-period rows get covariate 0; without this indicator, CUPED would
@@ -305,7 +333,7 @@ def _has_history_column(scan: _SourceScan) -> str:
             this=exp.Case(
                 ifs=[
                     exp.If(
-                        this=_in_window(scan.source, "pre_start", "pre_end"),
+                        this=_in_window(scan.source, pre_window),
                         true=exp.Literal.number(1),
                     )
                 ],
@@ -385,7 +413,12 @@ def compile_moments(
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
     populations = [p for p in experiment.populations if p == "itt" or assignments.exposed]
-    scans, layouts = plan_columns(metrics, with_exposure=assignments.exposed is not None)
+    scans, layouts = plan_columns(
+        metrics,
+        with_exposure=assignments.exposed is not None,
+        window=experiment.window,
+        pre_window=experiment.pre_window,
+    )
 
     unit_columns = []
     caps = []

@@ -8,10 +8,12 @@ WITH xp_assigned_rows AS (
   WHERE
     experiment_id = 'exp\'s "quoted" id'
 ), xp_units AS (
+  /* One variant iff the smallest and largest agree: no COUNT(DISTINCT), which costs two */
+  /* extra aggregations and a join over the assignment rows. */
   SELECT
     unit_id,
     MIN(variant) AS variant,
-    COUNT(DISTINCT variant) AS n_variants,
+    MIN(variant) = MAX(variant) AS single_variant,
     MIN(assignment_date) AS assignment_date,
     MAX(CASE WHEN exposed THEN 1 ELSE 0 END) AS exposed
   FROM xp_assigned_rows
@@ -19,42 +21,60 @@ WITH xp_assigned_rows AS (
     unit_id
 ), xp_analysed_units AS (
   /* Units seen in one variant only, whose analysis window is complete by the as-of date. */
+  /* Rows are placed in the windows by their day offset from assignment_date. */
   SELECT
     unit_id,
     variant,
     exposed,
-    CAST(assignment_date + INTERVAL '0' DAY AS DATE) AS window_start,
-    CAST(assignment_date + INTERVAL '2' DAY AS DATE) AS window_end,
-    CAST(assignment_date + INTERVAL '-3' DAY AS DATE) AS pre_start,
-    CAST(assignment_date + INTERVAL '-1' DAY AS DATE) AS pre_end
+    assignment_date,
+    CAST(assignment_date + INTERVAL '2' DAY AS DATE) AS window_end
   FROM xp_units
   WHERE
-    n_variants = 1
+    single_variant
     AND CAST(assignment_date + INTERVAL '2' DAY AS DATE) <= CAST('2024-01-14' AS DATE)
 ), xp_per_unit_daily AS (
   /* One scan of daily: every metric on this source, pre- and post-period. */
   SELECT
     u.unit_id,
     COUNT(*) AS rows_read__daily,
-    SUM(IF(CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end, s.watch, NULL)) AS watch__value,
-    SUM(IF(CAST(s.date AS DATE) BETWEEN u.pre_start AND u.pre_end, s.watch, NULL)) AS watch__pre,
+    SUM(
+      IF(
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2,
+        s.watch,
+        NULL
+      )
+    ) AS watch__value,
+    SUM(
+      IF(
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1,
+        s.watch,
+        NULL
+      )
+    ) AS watch__pre,
     MAX(
-      CASE WHEN CAST(s.date AS DATE) BETWEEN u.pre_start AND u.pre_end THEN 1 ELSE 0 END
+      CASE
+        WHEN DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1
+        THEN 1
+        ELSE 0
+      END
     ) AS daily__has_history,
     MAX(
       IF(
-        CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end,
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2,
         CASE WHEN s.watch > 0 THEN 1 ELSE 0 END,
         NULL
       )
     ) AS any_watch__value,
-    SUM(IF(CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end, s.watch, NULL)) AS watch_per_session__value,
     SUM(
-      IF(CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end, s.sessions, NULL)
+      IF(
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2,
+        s.sessions,
+        NULL
+      )
     ) AS watch_per_session__denominator,
     SUM(
       IF(
-        CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2
         AND (
           s.device = 'tv'
         ),
@@ -62,7 +82,13 @@ WITH xp_assigned_rows AS (
         NULL
       )
     ) AS tv_watch__value,
-    SUM(IF(CAST(s.date AS DATE) BETWEEN u.window_start AND u.window_end, s.watch, NULL)) AS capped_watch__value
+    SUM(
+      IF(
+        DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2,
+        s.watch,
+        NULL
+      )
+    ) AS capped_watch__value
   FROM xp_analysed_units AS u
   JOIN daily AS s
     ON s.member_id = u.unit_id
@@ -79,7 +105,6 @@ WITH xp_assigned_rows AS (
     COALESCE(xp_per_unit_daily.watch__pre, 0) AS watch__pre,
     COALESCE(xp_per_unit_daily.daily__has_history, 0) AS daily__has_history,
     COALESCE(xp_per_unit_daily.any_watch__value, 0) AS any_watch__value,
-    COALESCE(xp_per_unit_daily.watch_per_session__value, 0) AS watch_per_session__value,
     COALESCE(xp_per_unit_daily.watch_per_session__denominator, 0) AS watch_per_session__denominator,
     COALESCE(xp_per_unit_daily.tv_watch__value, 0) AS tv_watch__value,
     LEAST(COALESCE(xp_per_unit_daily.capped_watch__value, 0), 25.0) AS capped_watch__value
@@ -95,7 +120,6 @@ WITH xp_assigned_rows AS (
     COALESCE(AVG(daily__has_history), 0) AS daily__has_history,
     COALESCE(AVG(exposed), 0) AS exposed,
     COALESCE(AVG(any_watch__value), 0) AS any_watch__value,
-    COALESCE(AVG(watch_per_session__value), 0) AS watch_per_session__value,
     COALESCE(AVG(watch_per_session__denominator), 0) AS watch_per_session__denominator,
     COALESCE(AVG(tv_watch__value), 0) AS tv_watch__value,
     COALESCE(AVG(capped_watch__value), 0) AS capped_watch__value
@@ -104,182 +128,207 @@ WITH xp_assigned_rows AS (
   SELECT
     population
   FROM UNNEST([STRUCT('itt' AS population), STRUCT('tot' AS population)]) AS p
+), xp_by_exposure AS (
+  /* One pass over the units, exposed and unexposed apart; */
+  /* the populations are unions of these groups (ITT: both, TOT: the exposed), and sums */
+  /* around one shared shift simply add up. */
+  SELECT
+    v.variant,
+    v.exposed,
+    COUNT(*) AS n,
+    SUM(v.rows_read__daily) AS rows_read__daily,
+    SUM(v.watch__value - xp_shift.watch__value) AS sum__watch__value,
+    SUM(v.watch__pre - xp_shift.watch__pre) AS sum__watch__pre,
+    SUM(v.daily__has_history - xp_shift.daily__has_history) AS sum__daily__has_history,
+    SUM(v.exposed - xp_shift.exposed) AS sum__exposed,
+    SUM(v.any_watch__value - xp_shift.any_watch__value) AS sum__any_watch__value,
+    SUM(v.watch_per_session__denominator - xp_shift.watch_per_session__denominator) AS sum__watch_per_session__denominator,
+    SUM(v.tv_watch__value - xp_shift.tv_watch__value) AS sum__tv_watch__value,
+    SUM(v.capped_watch__value - xp_shift.capped_watch__value) AS sum__capped_watch__value,
+    SUM(
+      (
+        v.watch__value - xp_shift.watch__value
+      ) * (
+        v.watch__value - xp_shift.watch__value
+      )
+    ) AS prod__watch__value__x__watch__value,
+    SUM(
+      (
+        v.watch__value - xp_shift.watch__value
+      ) * (
+        v.watch__pre - xp_shift.watch__pre
+      )
+    ) AS prod__watch__value__x__watch__pre,
+    SUM(
+      (
+        v.watch__value - xp_shift.watch__value
+      ) * (
+        v.daily__has_history - xp_shift.daily__has_history
+      )
+    ) AS prod__watch__value__x__daily__has_history,
+    SUM(
+      (
+        v.watch__value - xp_shift.watch__value
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__watch__value__x__exposed,
+    SUM(
+      (
+        v.watch__pre - xp_shift.watch__pre
+      ) * (
+        v.watch__pre - xp_shift.watch__pre
+      )
+    ) AS prod__watch__pre__x__watch__pre,
+    SUM(
+      (
+        v.watch__pre - xp_shift.watch__pre
+      ) * (
+        v.daily__has_history - xp_shift.daily__has_history
+      )
+    ) AS prod__watch__pre__x__daily__has_history,
+    SUM((
+      v.watch__pre - xp_shift.watch__pre
+    ) * (
+      v.exposed - xp_shift.exposed
+    )) AS prod__watch__pre__x__exposed,
+    SUM(
+      (
+        v.daily__has_history - xp_shift.daily__has_history
+      ) * (
+        v.daily__has_history - xp_shift.daily__has_history
+      )
+    ) AS prod__daily__has_history__x__daily__has_history,
+    SUM(
+      (
+        v.daily__has_history - xp_shift.daily__has_history
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__daily__has_history__x__exposed,
+    SUM((
+      v.exposed - xp_shift.exposed
+    ) * (
+      v.exposed - xp_shift.exposed
+    )) AS prod__exposed__x__exposed,
+    SUM(
+      (
+        v.any_watch__value - xp_shift.any_watch__value
+      ) * (
+        v.any_watch__value - xp_shift.any_watch__value
+      )
+    ) AS prod__any_watch__value__x__any_watch__value,
+    SUM(
+      (
+        v.any_watch__value - xp_shift.any_watch__value
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__any_watch__value__x__exposed,
+    SUM(
+      (
+        v.watch__value - xp_shift.watch__value
+      ) * (
+        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+      )
+    ) AS prod__watch__value__x__watch_per_session__denominator,
+    SUM(
+      (
+        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+      ) * (
+        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+      )
+    ) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
+    SUM(
+      (
+        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__watch_per_session__denominator__x__exposed,
+    SUM(
+      (
+        v.tv_watch__value - xp_shift.tv_watch__value
+      ) * (
+        v.tv_watch__value - xp_shift.tv_watch__value
+      )
+    ) AS prod__tv_watch__value__x__tv_watch__value,
+    SUM(
+      (
+        v.tv_watch__value - xp_shift.tv_watch__value
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__tv_watch__value__x__exposed,
+    SUM(
+      (
+        v.capped_watch__value - xp_shift.capped_watch__value
+      ) * (
+        v.capped_watch__value - xp_shift.capped_watch__value
+      )
+    ) AS prod__capped_watch__value__x__capped_watch__value,
+    SUM(
+      (
+        v.capped_watch__value - xp_shift.capped_watch__value
+      ) * (
+        v.exposed - xp_shift.exposed
+      )
+    ) AS prod__capped_watch__value__x__exposed
+  FROM xp_unit_values AS v
+  CROSS JOIN xp_shift
+  GROUP BY
+    v.variant,
+    v.exposed
 )
 SELECT
   p.population,
-  v.variant,
-  COUNT(*) AS n,
-  SUM(v.rows_read__daily) AS rows_read__daily,
+  g.variant,
+  SUM(g.n) AS n,
+  SUM(g.rows_read__daily) AS rows_read__daily,
   MIN(xp_shift.watch__value) AS shift__watch__value,
   MIN(xp_shift.watch__pre) AS shift__watch__pre,
   MIN(xp_shift.daily__has_history) AS shift__daily__has_history,
   MIN(xp_shift.exposed) AS shift__exposed,
   MIN(xp_shift.any_watch__value) AS shift__any_watch__value,
-  MIN(xp_shift.watch_per_session__value) AS shift__watch_per_session__value,
   MIN(xp_shift.watch_per_session__denominator) AS shift__watch_per_session__denominator,
   MIN(xp_shift.tv_watch__value) AS shift__tv_watch__value,
   MIN(xp_shift.capped_watch__value) AS shift__capped_watch__value,
-  SUM(v.watch__value - xp_shift.watch__value) AS sum__watch__value,
-  SUM(v.watch__pre - xp_shift.watch__pre) AS sum__watch__pre,
-  SUM(v.daily__has_history - xp_shift.daily__has_history) AS sum__daily__has_history,
-  SUM(v.exposed - xp_shift.exposed) AS sum__exposed,
-  SUM(v.any_watch__value - xp_shift.any_watch__value) AS sum__any_watch__value,
-  SUM(v.watch_per_session__value - xp_shift.watch_per_session__value) AS sum__watch_per_session__value,
-  SUM(v.watch_per_session__denominator - xp_shift.watch_per_session__denominator) AS sum__watch_per_session__denominator,
-  SUM(v.tv_watch__value - xp_shift.tv_watch__value) AS sum__tv_watch__value,
-  SUM(v.capped_watch__value - xp_shift.capped_watch__value) AS sum__capped_watch__value,
-  SUM(
-    (
-      v.watch__value - xp_shift.watch__value
-    ) * (
-      v.watch__value - xp_shift.watch__value
-    )
-  ) AS prod__watch__value__x__watch__value,
-  SUM(
-    (
-      v.watch__value - xp_shift.watch__value
-    ) * (
-      v.watch__pre - xp_shift.watch__pre
-    )
-  ) AS prod__watch__value__x__watch__pre,
-  SUM(
-    (
-      v.watch__value - xp_shift.watch__value
-    ) * (
-      v.daily__has_history - xp_shift.daily__has_history
-    )
-  ) AS prod__watch__value__x__daily__has_history,
-  SUM(
-    (
-      v.watch__value - xp_shift.watch__value
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__watch__value__x__exposed,
-  SUM(
-    (
-      v.watch__pre - xp_shift.watch__pre
-    ) * (
-      v.watch__pre - xp_shift.watch__pre
-    )
-  ) AS prod__watch__pre__x__watch__pre,
-  SUM(
-    (
-      v.watch__pre - xp_shift.watch__pre
-    ) * (
-      v.daily__has_history - xp_shift.daily__has_history
-    )
-  ) AS prod__watch__pre__x__daily__has_history,
-  SUM((
-    v.watch__pre - xp_shift.watch__pre
-  ) * (
-    v.exposed - xp_shift.exposed
-  )) AS prod__watch__pre__x__exposed,
-  SUM(
-    (
-      v.daily__has_history - xp_shift.daily__has_history
-    ) * (
-      v.daily__has_history - xp_shift.daily__has_history
-    )
-  ) AS prod__daily__has_history__x__daily__has_history,
-  SUM(
-    (
-      v.daily__has_history - xp_shift.daily__has_history
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__daily__has_history__x__exposed,
-  SUM((
-    v.exposed - xp_shift.exposed
-  ) * (
-    v.exposed - xp_shift.exposed
-  )) AS prod__exposed__x__exposed,
-  SUM(
-    (
-      v.any_watch__value - xp_shift.any_watch__value
-    ) * (
-      v.any_watch__value - xp_shift.any_watch__value
-    )
-  ) AS prod__any_watch__value__x__any_watch__value,
-  SUM(
-    (
-      v.any_watch__value - xp_shift.any_watch__value
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__any_watch__value__x__exposed,
-  SUM(
-    (
-      v.watch_per_session__value - xp_shift.watch_per_session__value
-    ) * (
-      v.watch_per_session__value - xp_shift.watch_per_session__value
-    )
-  ) AS prod__watch_per_session__value__x__watch_per_session__value,
-  SUM(
-    (
-      v.watch_per_session__value - xp_shift.watch_per_session__value
-    ) * (
-      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-    )
-  ) AS prod__watch_per_session__value__x__watch_per_session__denominator,
-  SUM(
-    (
-      v.watch_per_session__value - xp_shift.watch_per_session__value
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__watch_per_session__value__x__exposed,
-  SUM(
-    (
-      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-    ) * (
-      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-    )
-  ) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
-  SUM(
-    (
-      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__watch_per_session__denominator__x__exposed,
-  SUM(
-    (
-      v.tv_watch__value - xp_shift.tv_watch__value
-    ) * (
-      v.tv_watch__value - xp_shift.tv_watch__value
-    )
-  ) AS prod__tv_watch__value__x__tv_watch__value,
-  SUM(
-    (
-      v.tv_watch__value - xp_shift.tv_watch__value
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__tv_watch__value__x__exposed,
-  SUM(
-    (
-      v.capped_watch__value - xp_shift.capped_watch__value
-    ) * (
-      v.capped_watch__value - xp_shift.capped_watch__value
-    )
-  ) AS prod__capped_watch__value__x__capped_watch__value,
-  SUM(
-    (
-      v.capped_watch__value - xp_shift.capped_watch__value
-    ) * (
-      v.exposed - xp_shift.exposed
-    )
-  ) AS prod__capped_watch__value__x__exposed
-FROM xp_unit_values AS v
+  SUM(g.sum__watch__value) AS sum__watch__value,
+  SUM(g.sum__watch__pre) AS sum__watch__pre,
+  SUM(g.sum__daily__has_history) AS sum__daily__has_history,
+  SUM(g.sum__exposed) AS sum__exposed,
+  SUM(g.sum__any_watch__value) AS sum__any_watch__value,
+  SUM(g.sum__watch_per_session__denominator) AS sum__watch_per_session__denominator,
+  SUM(g.sum__tv_watch__value) AS sum__tv_watch__value,
+  SUM(g.sum__capped_watch__value) AS sum__capped_watch__value,
+  SUM(g.prod__watch__value__x__watch__value) AS prod__watch__value__x__watch__value,
+  SUM(g.prod__watch__value__x__watch__pre) AS prod__watch__value__x__watch__pre,
+  SUM(g.prod__watch__value__x__daily__has_history) AS prod__watch__value__x__daily__has_history,
+  SUM(g.prod__watch__value__x__exposed) AS prod__watch__value__x__exposed,
+  SUM(g.prod__watch__pre__x__watch__pre) AS prod__watch__pre__x__watch__pre,
+  SUM(g.prod__watch__pre__x__daily__has_history) AS prod__watch__pre__x__daily__has_history,
+  SUM(g.prod__watch__pre__x__exposed) AS prod__watch__pre__x__exposed,
+  SUM(g.prod__daily__has_history__x__daily__has_history) AS prod__daily__has_history__x__daily__has_history,
+  SUM(g.prod__daily__has_history__x__exposed) AS prod__daily__has_history__x__exposed,
+  SUM(g.prod__exposed__x__exposed) AS prod__exposed__x__exposed,
+  SUM(g.prod__any_watch__value__x__any_watch__value) AS prod__any_watch__value__x__any_watch__value,
+  SUM(g.prod__any_watch__value__x__exposed) AS prod__any_watch__value__x__exposed,
+  SUM(g.prod__watch__value__x__watch_per_session__denominator) AS prod__watch__value__x__watch_per_session__denominator,
+  SUM(g.prod__watch_per_session__denominator__x__watch_per_session__denominator) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
+  SUM(g.prod__watch_per_session__denominator__x__exposed) AS prod__watch_per_session__denominator__x__exposed,
+  SUM(g.prod__tv_watch__value__x__tv_watch__value) AS prod__tv_watch__value__x__tv_watch__value,
+  SUM(g.prod__tv_watch__value__x__exposed) AS prod__tv_watch__value__x__exposed,
+  SUM(g.prod__capped_watch__value__x__capped_watch__value) AS prod__capped_watch__value__x__capped_watch__value,
+  SUM(g.prod__capped_watch__value__x__exposed) AS prod__capped_watch__value__x__exposed
+FROM xp_by_exposure AS g
 CROSS JOIN xp_shift
 JOIN xp_populations AS p
   ON p.population = 'itt' OR (
-    p.population = 'tot' AND v.exposed = 1
+    p.population = 'tot' AND g.exposed = 1
   )
 GROUP BY
   p.population,
-  v.variant
+  g.variant
 ORDER BY
   p.population NULLS LAST,
-  v.variant NULLS LAST
+  g.variant NULLS LAST
