@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import special
 
 from xpkit.stats.effect import Effect
 
@@ -49,9 +49,12 @@ def _usable(estimate: float, se: float) -> bool:
     return math.isfinite(estimate) and math.isfinite(se) and se > 0.0
 
 
+# The scipy.special functions are the ufuncs behind scipy.stats.norm / scipy.stats.t: the same
+# numbers without the distribution objects' argument checking, which cost ~0.2 ms a call
+# and dominated a run's Python time once the daily history multiplied the calls.
 def normal_quantile(alpha: float) -> float:
     """Two-sided normal critical value ``z_{1 - alpha/2}``."""
-    return float(stats.norm.ppf(1.0 - alpha / 2.0))
+    return float(special.ndtri(1.0 - alpha / 2.0))
 
 
 def normal_ci(estimate: float, se: float, alpha: float) -> tuple[float, float]:
@@ -66,14 +69,14 @@ def normal_p_value(estimate: float, se: float) -> float:
     """Two-sided p-value ``2 * (1 - Phi(|estimate| / se))`` of H0: true value 0."""
     if not _usable(estimate, se):
         return NAN
-    return float(2.0 * stats.norm.sf(abs(estimate) / se))
+    return float(2.0 * special.ndtr(-abs(estimate) / se))
 
 
 def t_ci(estimate: float, se: float, df: float, alpha: float) -> tuple[float, float]:
     """Interval ``estimate -/+ t_{df, 1-alpha/2} * se``; NaNs when ``se`` or ``df`` is unusable."""
     if not _usable(estimate, se) or not (math.isfinite(df) and df > 0.0):
         return NAN, NAN
-    half = float(stats.t.ppf(1.0 - alpha / 2.0, df)) * se
+    half = float(special.stdtrit(df, 1.0 - alpha / 2.0)) * se
     return estimate - half, estimate + half
 
 
@@ -81,7 +84,7 @@ def t_p_value(estimate: float, se: float, df: float) -> float:
     """Two-sided p-value ``2 * P(T_df > |estimate| / se)``."""
     if not _usable(estimate, se) or not (math.isfinite(df) and df > 0.0):
         return NAN
-    return float(2.0 * stats.t.sf(abs(estimate) / se, df))
+    return float(2.0 * special.stdtr(df, -abs(estimate) / se))
 
 
 def welch_df(var_mean_c: float, var_mean_t: float, n_c: int, n_t: int) -> float:
