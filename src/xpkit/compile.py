@@ -228,9 +228,7 @@ def _in_window(source: type[Source], days: tuple[int, int]) -> exp.Expression:
         expression=exp.column("assignment_date", table="u"),
         unit=exp.var("DAY"),
     )
-    return exp.Between(
-        this=day, low=exp.Literal.number(days[0]), high=exp.Literal.number(days[1])
-    )
+    return exp.Between(this=day, low=exp.Literal.number(days[0]), high=exp.Literal.number(days[1]))
 
 
 def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression:
