@@ -4,24 +4,29 @@ For each size N the script generates N members with the sample-data generator (o
 files are reused), then times on the same files:
 
 (a) ``xpkit run`` of one experiment's full scorecard through the library API: config and
-    metrics loading, the bounds, assignment-health (SRM and health checks) and moments
-    statements, the statistics and the Parquet output. Ten metrics on one source, among them
-    a proportion, three ratios and a capped metric; ITT and TOT; CUPED covariates.
+    metrics loading, then every statement a run executes (data bounds, assignment health
+    for SRM and the health checks, moments; with the default always-valid stopping rule the
+    moments statement also returns the daily history), the statistics and the Parquet
+    output. Ten metrics on one source, among them a proportion, three ratios and a capped
+    metric; ITT and TOT; CUPED covariates.
 (b) one hand-written DuckDB statement, :data:`REFERENCE_SQL`, that returns the same
     per-variant sufficient statistics: n, sums and sums of products of the same per-unit
     columns, for ITT and TOT.
 
-Every timed run is a fresh Python process, so its peak RSS is its own; runs of (a) and (b)
-alternate so that a noisy neighbour penalises both alike. Before timing, an untimed check
-runs xpkit's moments statement and (b) and requires them to agree on n and means (to 1e-9
-relative, co-moments included); each timed (a) run's scorecard is checked against (b)
-as well. The script prints medians, the ratio (a)/(b), CPU seconds, peak RSS and rows
-scanned per second.
+Every timed run is a fresh Python process, so its peak RSS is its own; imports happen
+before the clock starts. Runs of (a) and (b) alternate so that a noisy neighbour penalises
+both alike. Before timing, an untimed check runs xpkit's moments statement and (b) and
+requires them to agree on n, means and co-moments (to 1e-9 relative); each timed (a) run's
+scorecard (n and means per variant) is checked against (b) as well. The script prints
+medians, the ratio (a)/(b), CPU seconds, peak RSS and rows scanned per second.
+``--explain`` profiles the statements instead (DuckDB's EXPLAIN ANALYZE, heaviest
+operators first).
 
 Usage::
 
     python bench/perf.py --members 1000000 10000000 --runs 3
     python bench/perf.py --members 10000000 --runs 1 --memory-limit 2GB
+    python bench/perf.py --members 1000000 --explain
 
 Data goes to ``--data-dir`` (default /tmp/xpkit-bench): about 0.2 GB per million members.
 """
@@ -39,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -129,7 +134,9 @@ MEMBER_AGGREGATES: dict[str, str] = {
     "active_days_pre": f"COUNT(*) FILTER (WHERE {PRE})",
 }
 # Per-member values: a member without rows counts as 0. DOUBLE keeps the products fast;
-# integer sums stay exact below 2**53.
+# integer sums stay exact below 2**53. The reference sums raw values, with no shift: enough
+# for these data (means and spreads of one order), which the agreement check confirms, and
+# the cheapest form; xpkit sums around a shift so that large-mean metrics stay precise too.
 MEMBER_VALUES: dict[str, str] = {
     **{name: f"CAST(COALESCE(p.{name}, 0) AS DOUBLE)" for name in MEMBER_AGGREGATES},
     "has_history": "CASE WHEN p.active_days_pre > 0 THEN 1.0 ELSE 0.0 END",
@@ -335,10 +342,17 @@ def _spill_watch(directory: Path) -> Iterator[list[int]]:
     peak = [0]
     stop = threading.Event()
 
+    def size() -> int:
+        total = 0
+        for path in directory.rglob("*"):
+            with suppress(OSError):  # a spill file removed while we looked
+                total += path.stat().st_size if path.is_file() else 0
+        return total
+
     def poll() -> None:
         while not stop.wait(0.2):
-            size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-            peak[0] = max(peak[0], size)
+            with suppress(OSError):  # the directory itself removed while we looked
+                peak[0] = max(peak[0], size())
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
@@ -519,28 +533,31 @@ def _operators(profile: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def worker_explain(folder: Path, memory_limit: str | None, threads: int | None) -> dict[str, Any]:
-    """Profile every statement xpkit runs for the experiment, and the reference (untimed)."""
-    from xpkit.compile import compile_assignment_health, compile_bounds
+    """Profile every statement a full run executes, and the reference (untimed)."""
+    import pyarrow as pa
+
     from xpkit.config import load_config
     from xpkit.engine import DuckDBEngine
     from xpkit.registry import load_metrics
-    from xpkit.runner import compile_experiment, resolve_dates, resolve_metrics
+    from xpkit.runner import run_experiment
+
+    recorded: list[str] = []
+
+    class RecordingEngine(DuckDBEngine):
+        """Runs as usual and keeps the statements, to profile them afterwards."""
+
+        def query(self, sql: str) -> pa.Table:
+            recorded.append(sql)
+            return super().query(sql)
 
     config = load_config(folder / "bench-experiments.toml")
     registry = load_metrics(config.metrics_dir)
-    experiment = config.experiment(EXPERIMENT_ID)
-    engine = DuckDBEngine(config.run.tables, memory_limit=memory_limit, threads=threads)
-    metrics = resolve_metrics(config, registry, EXPERIMENT_ID)
-    dates = resolve_dates(config, metrics, EXPERIMENT_ID, engine)
-    assert dates is not None
-    statements = {
-        "xpkit bounds": compile_bounds(experiment, metrics, config.run.assignments).sql,
-        "xpkit assignment health": compile_assignment_health(
-            experiment, config.run.assignments, dates.as_of
-        ).sql,
-        "xpkit moments": compile_experiment(config, registry, EXPERIMENT_ID, engine).sql,
-        "reference": reference_sql(folder),
-    }
+    engine = RecordingEngine(config.run.tables, memory_limit=memory_limit, threads=threads)
+    run_experiment(config, registry, EXPERIMENT_ID, engine)
+    statements = {}
+    for i, sql in enumerate(recorded, start=1):
+        statements[f"xpkit statement {i} of {len(recorded)} ({len(sql.splitlines())} lines)"] = sql
+    statements["reference"] = reference_sql(folder)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "profile.json"
