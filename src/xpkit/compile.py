@@ -327,17 +327,10 @@ def _has_history_column(scan: _SourceScan, pre_window: tuple[int, int]) -> str:
     """
     name = f"{scan.source.name}__has_history"
     if all(c.name != name for c in scan.columns):
-        flag = exp.Max(
-            this=exp.Case(
-                ifs=[
-                    exp.If(
-                        this=_in_window(scan.source, pre_window),
-                        true=exp.Literal.number(1),
-                    )
-                ],
-                default=exp.Literal.number(0),
-            )
-        )
+        # MAX(1) FILTER (WHERE pre): NULL without pre-period rows, which the per-unit values
+        # turn into 0 like every other column; the filter is the one the pre-period columns
+        # already evaluate.
+        flag = _windowed(exp.Max(this=exp.Literal.number(1)), _in_window(scan.source, pre_window))
         scan.columns.append(_UnitColumn(name=name, tree=flag))
     return name
 

@@ -52,11 +52,7 @@ WITH xp_assigned_rows AS (
       )
     ) AS watch__pre,
     MAX(
-      CASE
-        WHEN DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1
-        THEN 1
-        ELSE 0
-      END
+      IF(DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1, 1, NULL)
     ) AS daily__has_history,
     MAX(
       IF(

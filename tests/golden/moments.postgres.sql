@@ -45,15 +45,10 @@ WITH xp_assigned_rows AS (
       (
         CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)
       ) BETWEEN -3 AND -1) AS watch__pre,
-    MAX(
-      CASE
-        WHEN (
-          CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)
-        ) BETWEEN -3 AND -1
-        THEN 1
-        ELSE 0
-      END
-    ) AS daily__has_history,
+    MAX(1) FILTER(WHERE
+      (
+        CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)
+      ) BETWEEN -3 AND -1) AS daily__has_history,
     MAX(CASE WHEN s.watch > 0 THEN 1 ELSE 0 END) FILTER(WHERE
       (
         CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)

@@ -52,11 +52,7 @@ WITH xp_assigned_rows AS (
       )
     ) AS watch__pre,
     MAX(
-      CASE
-        WHEN DATEDIFF(DAY, u.assignment_date, CAST(s.date AS DATE)) BETWEEN -3 AND -1
-        THEN 1
-        ELSE 0
-      END
+      IFF(DATEDIFF(DAY, u.assignment_date, CAST(s.date AS DATE)) BETWEEN -3 AND -1, 1, NULL)
     ) AS daily__has_history,
     MAX(
       IFF(

@@ -41,13 +41,8 @@ WITH xp_assigned_rows AS (
       DATE_DIFF('DAY', DATE_TRUNC('DAY', u.assignment_date), DATE_TRUNC('DAY', CAST(s.date AS DATE))) BETWEEN 0 AND 2) AS watch__value,
     SUM(s.watch) FILTER(WHERE
       DATE_DIFF('DAY', DATE_TRUNC('DAY', u.assignment_date), DATE_TRUNC('DAY', CAST(s.date AS DATE))) BETWEEN -3 AND -1) AS watch__pre,
-    MAX(
-      CASE
-        WHEN DATE_DIFF('DAY', DATE_TRUNC('DAY', u.assignment_date), DATE_TRUNC('DAY', CAST(s.date AS DATE))) BETWEEN -3 AND -1
-        THEN 1
-        ELSE 0
-      END
-    ) AS daily__has_history,
+    MAX(1) FILTER(WHERE
+      DATE_DIFF('DAY', DATE_TRUNC('DAY', u.assignment_date), DATE_TRUNC('DAY', CAST(s.date AS DATE))) BETWEEN -3 AND -1) AS daily__has_history,
     MAX(CASE WHEN s.watch > 0 THEN 1 ELSE 0 END) FILTER(WHERE
       DATE_DIFF('DAY', DATE_TRUNC('DAY', u.assignment_date), DATE_TRUNC('DAY', CAST(s.date AS DATE))) BETWEEN 0 AND 2) AS any_watch__value,
     SUM(s.sessions) FILTER(WHERE
