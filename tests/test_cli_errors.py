@@ -8,6 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from xpkit.cli import main
+from xpkit.config import load_config
+from xpkit.engine import DuckDBEngine
+from xpkit.errors import DataError
 
 
 def invoke(*args: str):
@@ -167,3 +170,27 @@ def test_unknown_metric_on_the_sql_command(sample_copy: Path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown metric 'nope'" in result.output
+
+
+def test_remote_table_locations_are_kept_for_the_engine(tmp_path: Path) -> None:
+    # Object-store and cluster paths cannot be checked on the local disk: the config keeps
+    # them as written (not resolved against the config's folder) and the engine reads them.
+    config = tmp_path / "experiments.toml"
+    config.write_text(
+        "[tables]\n"
+        'engagement_daily = "s3a://warehouse/engagement_daily/*.parquet"\n'
+        'experiment_assignments = "gs://warehouse/assignments.parquet"\n'
+        '[[experiment]]\nid = "e"\ncontrol = "c"\nweights = { c = 0.5, t = 0.5 }\n'
+        'metrics = ["watch_seconds"]\n'
+    )
+    tables = load_config(config).run.tables
+    assert tables == {
+        "engagement_daily": "s3a://warehouse/engagement_daily/*.parquet",
+        "experiment_assignments": "gs://warehouse/assignments.parquet",
+    }
+
+
+def test_a_table_duckdb_cannot_read_names_table_and_location(tmp_path: Path) -> None:
+    location = str(tmp_path / "gone" / "daily.parquet")
+    with pytest.raises(DataError, match=r"table 'daily': cannot read '.*gone/daily\.parquet'"):
+        DuckDBEngine({"daily": location})

@@ -274,8 +274,10 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
     """Make relative paths relative to the config file and check that they exist."""
     tables: dict[str, str] = {}
     for name, location in run.tables.items():
-        if not _looks_like_path(location):
-            tables[name] = location  # a table inside the database
+        if not _looks_like_path(location) or _is_url(location):
+            # A table inside the database, or a remote location (s3a://, gs://, hdfs://...)
+            # that only the engine can see: kept as written, checked when it is read.
+            tables[name] = location
             continue
         resolved = location if Path(location).is_absolute() else str(base / location)
         if not glob.glob(resolved):
@@ -296,6 +298,12 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
     return run.model_copy(
         update={"tables": tables, "database": database, "metrics_dir": metrics_dir}
     )
+
+
+def _is_url(location: str) -> bool:
+    """``scheme://...``: object stores and cluster filesystems, not the local disk."""
+    scheme, sep, _ = location.partition("://")
+    return bool(sep) and scheme.replace("+", "").isalnum() and len(scheme) > 1
 
 
 def _looks_like_path(location: str) -> bool:

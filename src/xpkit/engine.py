@@ -55,17 +55,25 @@ class DuckDBEngine:
         # Views over files: the generated SQL names logical tables, so the same statement
         # runs against files here and against real tables on a warehouse.
         for name, location in (tables or {}).items():
-            if _is_file_location(location):
-                reader = "read_csv_auto" if location.endswith(".csv") else "read_parquet"
-                view = exp.to_table(name).sql("duckdb")
-                path = exp.Literal.string(location).sql("duckdb")
-                self.con.execute(
-                    f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}({path})"
-                )
-            elif location != name:
-                view = exp.to_table(name).sql("duckdb")
-                target = exp.to_table(location).sql("duckdb")
-                self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {target}")
+            try:
+                self._register(name, location)
+            except duckdb.Error as err:
+                first_line = str(err).strip().splitlines()[0]
+                raise DataError(f"table {name!r}: cannot read {location!r}: {first_line}") from None
+
+    def _register(self, name: str, location: str) -> None:
+        """A view named after the logical table, over the files or the database table."""
+        if _is_file_location(location):
+            reader = "read_csv_auto" if location.endswith(".csv") else "read_parquet"
+            view = exp.to_table(name).sql("duckdb")
+            path = exp.Literal.string(location).sql("duckdb")
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}({path})"
+            )
+        elif location != name:
+            view = exp.to_table(name).sql("duckdb")
+            target = exp.to_table(location).sql("duckdb")
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {target}")
 
     def columns(self, table: str) -> list[str] | None:
         try:
