@@ -116,3 +116,130 @@ def test_novelty_verdict_from_cumulative_history() -> None:
     assert daily_increments(table(fading), "itt", "m", "t") == DECLINING
     flat = [0.5 + 0.01 * (-1) ** k for k in range(12)]
     assert daily_increments(table(flat), "itt", "m", "t") == NO_TREND
+
+
+def test_history_rows_are_exactly_the_full_analysis_of_each_day() -> None:
+    """The history computes only the headline estimates of each day (no unadjusted
+    estimates, CACE, multiple testing or guardrails); they must be analyse()'s numbers to the
+    last bit, for every kind of estimator, and the always-valid columns the mSPRT of them."""
+    import math
+
+    import numpy as np
+
+    from xpkit.analysis import MetricInfo, analyse
+    from xpkit.compile import MetricLayout
+    from xpkit.config import ExperimentConfig, GuardrailConfig
+    from xpkit.history import build_history
+    from xpkit.moments import Moments
+    from xpkit.readout import MomentsKey, MomentsTable
+    from xpkit.stats.sequential import msprt, tau_from_mde
+
+    covariates = ("watch__pre", "has_history")
+    layouts = {
+        "watch": MetricLayout("watch", "mean", "watch__value", None, covariates, "exposed"),
+        "streams": MetricLayout(
+            "streams", "proportion", "streams__value", None, ("streams__pre",), "exposed"
+        ),
+        "watch_per_session": MetricLayout(
+            "watch_per_session", "ratio", "watch__value", "sessions__value", covariates, "exposed"
+        ),
+        "errors": MetricLayout("errors", "mean", "errors__value", None, (), "exposed"),
+        "errors_per_play": MetricLayout(
+            "errors_per_play", "ratio", "errors__value", "plays__value", (), "exposed"
+        ),
+    }
+    metrics = {
+        name: MetricInfo(name, ml.kind, not name.startswith("errors"), ml)
+        for name, ml in layouts.items()
+    }
+    experiment = ExperimentConfig(
+        id="sim",
+        control="control",
+        weights={"control": 0.5, "treatment": 0.5},
+        metrics=["watch", "streams", "watch_per_session"],
+        guardrails=[
+            GuardrailConfig(metric="errors", margin=0.05),
+            GuardrailConfig(metric="errors_per_play", margin=0.05),
+        ],
+    )
+    names = [
+        "watch__value", "watch__pre", "has_history", "exposed", "streams__value",
+        "streams__pre", "sessions__value", "errors__value", "plays__value",
+    ]  # fmt: skip
+    rng = np.random.default_rng(3)
+
+    def units(n: int, lift: float) -> np.ndarray:
+        pre = rng.gamma(2.0, 50.0, n)
+        has_history = (rng.random(n) < 0.7).astype(float)
+        sessions = rng.poisson(4.0, n) + 1.0
+        plays = rng.poisson(6.0, n) + 1.0
+        return np.column_stack(
+            [
+                0.8 * pre * has_history + rng.gamma(2.0, 20.0, n) * (1 + lift),
+                pre * has_history,
+                has_history,
+                (rng.random(n) < 0.6).astype(float),
+                (rng.random(n) < 0.3 + lift).astype(float),
+                (rng.random(n) < 0.3).astype(float),
+                sessions,
+                rng.poisson(0.2, n).astype(float),
+                plays,
+            ]
+        )
+
+    data = {"control": units(600, 0.0), "treatment": units(600, 0.05)}
+    by_date = {}
+    for k in range(1, 7):  # cumulative: each day adds units
+        cells = {}
+        for variant, x in data.items():
+            seen = x[: 100 * k]
+            for population, rows in (("itt", seen), ("tot", seen[seen[:, 3] == 1.0])):
+                for name, ml in layouts.items():
+                    idx = [names.index(c) for c in ml.columns]
+                    cells[MomentsKey(population, variant, name)] = Moments.from_rows(
+                        rows[:, idx], ml.columns
+                    )
+        by_date[date(2024, 1, k)] = MomentsTable(cells)
+
+    history = build_history(experiment, metrics, by_date, date(2024, 2, 1)).to_pylist()
+    full = {
+        (day, r.population, r.metric, r.variant): r.effect
+        for day, table in by_date.items()
+        for r in analyse(experiment, metrics, table)
+        if r.population != "cace"
+    }
+    assert len(history) == len(full) == 6 * 2 * len(layouts)
+    assert {r["method"] for r in history} == {
+        "cuped", "ratio_delta_cuped", "ratio_delta", "welch"
+    }  # fmt: skip
+
+    def same(stored: float | None, computed: float | None) -> bool:
+        missing = computed is None or math.isnan(computed)
+        return stored is None if missing else stored == computed
+
+    for row in history:
+        e = full[(row["analysis_date"], row["population"], row["metric"], row["variant"])]
+        assert (row["n_control"], row["n_variant"], row["method"]) == (
+            e.n_control,
+            e.n_treatment,
+            e.method,
+        )
+        for column, value in [
+            ("abs_effect", e.abs_effect),
+            ("abs_se", e.abs_se),
+            ("abs_ci_low", e.abs_ci_low),
+            ("abs_ci_high", e.abs_ci_high),
+            ("rel_lift", e.rel_lift),
+            ("p_value", e.p_value),
+        ]:
+            assert same(row[column], value), (row, column, value)
+    for population in ("itt", "tot"):
+        for name in layouts:
+            rows = [r for r in history if (r["population"], r["metric"]) == (population, name)]
+            looks = [full[(r["analysis_date"], population, name, "treatment")] for r in rows]
+            tau = tau_from_mde(experiment.sequential_mde * abs(looks[-1].mean_control))
+            seq = msprt([e.abs_effect for e in looks], [e.abs_se for e in looks], tau)
+            assert [r["msprt_tau"] for r in rows] == [tau] * len(rows)
+            assert [r["always_valid_p_value"] for r in rows] == seq.p_values.tolist()
+            assert [r["always_valid_ci_low"] for r in rows] == seq.ci_low.tolist()
+            assert [r["always_valid_ci_high"] for r in rows] == seq.ci_high.tolist()

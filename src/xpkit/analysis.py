@@ -58,25 +58,44 @@ class MetricResult:
 
 
 def estimate(
-    info: MetricInfo, control: Moments, treatment: Moments, alpha: float
+    info: MetricInfo,
+    control: Moments,
+    treatment: Moments,
+    alpha: float,
+    *,
+    unadjusted: bool = True,
 ) -> tuple[Effect, Effect | None]:
-    """The headline estimate, and the unadjusted one when a covariate adjustment was used."""
+    """The headline estimate, and the unadjusted one when a covariate adjustment was used.
+
+    ``unadjusted=False`` skips the unadjusted estimate (``None`` is returned in its place)
+    for callers that report the headline only, such as the daily history.
+    """
     ml = info.layout
     if info.kind == "ratio":
         assert ml.denominator is not None
-        plain = ratio_test(control, treatment, ml.value, ml.denominator, (), alpha=alpha)
-        if ml.covariates:
-            adjusted = ratio_test(
-                control, treatment, ml.value, ml.denominator, ml.covariates, alpha=alpha
-            )
-            return adjusted, plain
-        return plain, None
-    test = proportion_test if info.kind == "proportion" else welch_test
-    plain = test(control, treatment, column=ml.value, alpha=alpha)
-    if ml.covariates:
-        adjusted = cuped_test(control, treatment, ml.value, ml.covariates, alpha=alpha)
+        if not ml.covariates:
+            return ratio_test(control, treatment, ml.value, ml.denominator, (), alpha=alpha), None
+        plain = (
+            ratio_test(control, treatment, ml.value, ml.denominator, (), alpha=alpha)
+            if unadjusted
+            else None
+        )
+        adjusted = ratio_test(
+            control, treatment, ml.value, ml.denominator, ml.covariates, alpha=alpha
+        )
         return adjusted, plain
-    return plain, None
+    test = proportion_test if info.kind == "proportion" else welch_test
+    if not ml.covariates:
+        return test(control, treatment, column=ml.value, alpha=alpha), None
+    # The proportion test also rejects a column that is not 0/1 per unit, a check that must
+    # run whether or not its estimate is wanted.
+    plain = (
+        test(control, treatment, column=ml.value, alpha=alpha)
+        if unadjusted or info.kind == "proportion"
+        else None
+    )
+    adjusted = cuped_test(control, treatment, ml.value, ml.covariates, alpha=alpha)
+    return adjusted, plain if unadjusted else None
 
 
 def analyse(
@@ -84,6 +103,25 @@ def analyse(
     metrics: Mapping[str, MetricInfo],
     moments: MomentsTable,
 ) -> list[MetricResult]:
+    results = estimate_effects(experiment, metrics, moments)
+    results += _complier_effects(experiment, metrics, moments)
+    results = _adjust(experiment, results)
+    return _guardrails(experiment, metrics, results)
+
+
+def estimate_effects(
+    experiment: ExperimentConfig,
+    metrics: Mapping[str, MetricInfo],
+    moments: MomentsTable,
+    *,
+    unadjusted: bool = True,
+) -> list[MetricResult]:
+    """One result per population x metric x treatment variant, in that order.
+
+    The estimates only: no complier effects, multiple-testing adjustment or guardrail tests
+    (``p_value_adjusted`` and ``guardrail`` are ``None``). That is all the daily history
+    needs; :func:`analyse` adds the rest. ``unadjusted`` is passed on to :func:`estimate`.
+    """
     results: list[MetricResult] = []
     populations = [p for p in experiment.populations if moments.variants(p)]
     for population in populations:
@@ -94,7 +132,9 @@ def analyse(
                 treatment = moments.get(population, variant, name)
                 if control is None or treatment is None:
                     continue
-                effect, unadjusted = estimate(info, control, treatment, experiment.alpha)
+                effect, plain = estimate(
+                    info, control, treatment, experiment.alpha, unadjusted=unadjusted
+                )
                 results.append(
                     MetricResult(
                         population,
@@ -102,14 +142,12 @@ def analyse(
                         experiment.role(name),
                         variant,
                         effect,
-                        unadjusted,
+                        plain,
                         None,
                         None,
                     )
                 )
-    results += _complier_effects(experiment, metrics, moments)
-    results = _adjust(experiment, results)
-    return _guardrails(experiment, metrics, results)
+    return results
 
 
 def _complier_effects(

@@ -13,15 +13,16 @@ at detecting (see :func:`xpkit.stats.sequential.tau_from_mde`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 
 import numpy as np
 import pyarrow as pa
 
-from xpkit.analysis import MetricInfo, MetricResult, analyse
+from xpkit.analysis import MetricInfo, estimate_effects
 from xpkit.config import ExperimentConfig
 from xpkit.readout import MomentsTable
+from xpkit.stats.effect import Effect
 from xpkit.stats.novelty import effect_trend
 from xpkit.stats.sequential import msprt, tau_from_mde
 
@@ -52,8 +53,9 @@ HISTORY_SCHEMA = pa.schema(
 )
 
 
-def _f(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+def _floats(values: Sequence[float | None] | np.ndarray) -> pa.Array:
+    """A float64 column with NaN and None both stored as null."""
+    return pa.array(values, type=pa.float64(), from_pandas=True)
 
 
 def build_history(
@@ -62,56 +64,61 @@ def build_history(
     by_date: Mapping[date, MomentsTable],
     run_date: date,
 ) -> pa.Table:
-    series: dict[tuple[str, str, str], list[tuple[date, MetricResult]]] = {}
+    # Only the headline estimates are kept, so each day skips what a full analysis adds on
+    # top (unadjusted estimates, complier effects, multiple testing, guardrails): the
+    # history multiplies every per-day cost by the number of days.
+    series: dict[tuple[str, str, str], list[tuple[date, Effect]]] = {}
     for day, table in by_date.items():
-        for r in analyse(experiment, metrics, table):
-            if r.population == "cace":
-                continue
-            series.setdefault((r.population, r.metric, r.variant), []).append((day, r))
-    rows = []
-    order = experiment.all_metrics
+        for r in estimate_effects(experiment, metrics, table, unadjusted=False):
+            series.setdefault((r.population, r.metric, r.variant), []).append((day, r.effect))
+    order = {name: i for i, name in enumerate(experiment.all_metrics)}
 
     def position(key: tuple[str, str, str]) -> tuple[str, int, str]:
-        return key[0], order.index(key[1]), key[2]
+        return key[0], order[key[1]], key[2]
 
-    for (population, metric, variant), looks in sorted(
-        series.items(), key=lambda kv: position(kv[0])
-    ):
-        estimates = np.array([r.effect.abs_effect for _, r in looks])
-        ses = np.array([r.effect.abs_se for _, r in looks])
-        baseline = abs(looks[-1][1].effect.mean_control)
+    keys: list[tuple[str, str, str]] = []
+    days: list[date] = []
+    effects: list[Effect] = []
+    always_valid: list[np.ndarray] = []  # per series: p-value, interval low, interval high
+    taus: list[float] = []
+    for key in sorted(series, key=position):
+        looks = series[key]
+        estimates = np.array([e.abs_effect for _, e in looks])
+        ses = np.array([e.abs_se for _, e in looks])
+        baseline = abs(looks[-1][1].mean_control)
         tau = tau_from_mde(experiment.sequential_mde * baseline) if baseline > 0 else math.nan
-        seq = (
-            msprt(estimates, ses, tau, alpha=experiment.alpha)
-            if math.isfinite(tau) and tau > 0
-            else None
-        )
-        for k, (day, r) in enumerate(looks):
-            e = r.effect
-            rows.append(
-                {
-                    "experiment_id": experiment.id,
-                    "run_date": run_date,
-                    "analysis_date": day,
-                    "population": population,
-                    "metric": metric,
-                    "variant": variant,
-                    "n_control": e.n_control,
-                    "n_variant": e.n_treatment,
-                    "method": e.method,
-                    "abs_effect": _f(e.abs_effect),
-                    "abs_se": _f(e.abs_se),
-                    "abs_ci_low": _f(e.abs_ci_low),
-                    "abs_ci_high": _f(e.abs_ci_high),
-                    "rel_lift": _f(e.rel_lift),
-                    "p_value": _f(e.p_value),
-                    "always_valid_p_value": _f(seq.p_values[k]) if seq else None,
-                    "always_valid_ci_low": _f(seq.ci_low[k]) if seq else None,
-                    "always_valid_ci_high": _f(seq.ci_high[k]) if seq else None,
-                    "msprt_tau": _f(tau),
-                }
-            )
-    return pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
+        if math.isfinite(tau) and tau > 0:
+            seq = msprt(estimates, ses, tau, alpha=experiment.alpha)
+            always_valid.append(np.stack([seq.p_values, seq.ci_low, seq.ci_high]))
+        else:
+            always_valid.append(np.full((3, len(looks)), np.nan))
+        keys += [key] * len(looks)
+        days += [day for day, _ in looks]
+        effects += [e for _, e in looks]
+        taus += [tau] * len(looks)
+    av = np.concatenate(always_valid, axis=1) if always_valid else np.empty((3, 0))
+    columns = {
+        "experiment_id": [experiment.id] * len(keys),
+        "run_date": [run_date] * len(keys),
+        "analysis_date": days,
+        "population": [k[0] for k in keys],
+        "metric": [k[1] for k in keys],
+        "variant": [k[2] for k in keys],
+        "n_control": [e.n_control for e in effects],
+        "n_variant": [e.n_treatment for e in effects],
+        "method": [e.method for e in effects],
+        "abs_effect": _floats([e.abs_effect for e in effects]),
+        "abs_se": _floats([e.abs_se for e in effects]),
+        "abs_ci_low": _floats([e.abs_ci_low for e in effects]),
+        "abs_ci_high": _floats([e.abs_ci_high for e in effects]),
+        "rel_lift": _floats([e.rel_lift for e in effects]),
+        "p_value": _floats([e.p_value for e in effects]),
+        "always_valid_p_value": _floats(av[0]),
+        "always_valid_ci_low": _floats(av[1]),
+        "always_valid_ci_high": _floats(av[2]),
+        "msprt_tau": _floats(taus),
+    }
+    return pa.table(columns, schema=HISTORY_SCHEMA)
 
 
 def daily_increments(history: pa.Table, population: str, metric: str, variant: str) -> str:

@@ -119,12 +119,17 @@ class Moments:
 
     def select(self, columns: Sequence[str]) -> Moments:
         """The moments of a subset (or re-ordering) of the columns."""
+        columns = tuple(columns)
+        if columns == self.columns:
+            return self  # immutable, so the same columns need no copy
         idx = [self.index(c) for c in columns]
         return Moments(
             n=self.n,
-            columns=tuple(columns),
+            columns=columns,
             mean=self.mean[idx],
-            comoment=self.comoment[np.ix_(idx, idx)],
+            # Two takes pick the same entries as comoment[np.ix_(idx, idx)], several
+            # times faster for these tiny matrices (select runs once per estimate).
+            comoment=self.comoment.take(idx, axis=0).take(idx, axis=1),
         )
 
     def merge(self, other: Moments) -> Moments:
@@ -137,6 +142,16 @@ class Moments:
             return other
         n = self.n + other.n
         delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
         comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.n * other.n / n)
-        return Moments(n=n, columns=self.columns, mean=mean, comoment=comoment)
+        return Moments(n=n, columns=self.columns, mean=self.merged_mean(other), comoment=comoment)
+
+    def merged_mean(self, other: Moments) -> np.ndarray:
+        """The column means of the union of two disjoint groups, as :meth:`merge` has them,
+        without the co-moments (for callers that need the means only)."""
+        if other.columns != self.columns:
+            raise ValueError(f"cannot merge moments over {self.columns} and {other.columns}")
+        if other.n == 0:
+            return self.mean
+        if self.n == 0:
+            return other.mean
+        return self.mean + (other.mean - self.mean) * (other.n / (self.n + other.n))

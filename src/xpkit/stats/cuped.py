@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,22 +44,34 @@ def pooled_theta(
     constant covariate gets ``theta = 0`` instead of breaking the solve.
     """
     columns = [value, *covariates]
-    c, t = control.select(columns), treatment.select(columns)
+    return _pooled_theta(control.select(columns), treatment.select(columns))
+
+
+def _pooled_theta(c: Moments, t: Moments) -> np.ndarray:
+    """:func:`pooled_theta` of moments already restricted to ``(value, *covariates)``."""
+    k = len(c.columns) - 1
+    theta = np.zeros(k)
+    if k == 0:
+        return theta
     comoment = c.comoment + t.comoment
     cxx, cxy = comoment[1:, 1:], comoment[1:, 0]
-    theta = np.zeros(len(covariates))
-    if len(covariates) == 0:
-        return theta
     n = c.n + t.n
-    pooled_mean = c.merge(t).mean[1:] if n > 0 else np.zeros(len(covariates))
-    diag = np.diag(cxx)
-    spread = np.sqrt(np.clip(diag, 0.0, None) / max(n, 1))
-    active = (diag > 0.0) & np.isfinite(diag) & (spread > _CONSTANT_RTOL * np.abs(pooled_mean))
-    if not active.any():
+    pooled_mean = c.merged_mean(t)[1:].tolist() if n > 0 else [0.0] * k
+    diag = cxx.diagonal()
+    # The screen runs on plain floats: numpy's per-call overhead would dwarf the arithmetic
+    # on two or three covariates, and this runs once per estimate per day of history.
+    active = [
+        i
+        for i, (d, m) in enumerate(zip(diag.tolist(), pooled_mean, strict=True))
+        if d > 0.0 and math.isfinite(d) and math.sqrt(d / max(n, 1)) > _CONSTANT_RTOL * abs(m)
+    ]
+    if not active:
         return theta
-    scale = np.sqrt(diag[active])
-    corr = cxx[np.ix_(active, active)] / np.outer(scale, scale)
-    phi = np.linalg.lstsq(corr, cxy[active] / scale, rcond=_RCOND)[0]
+    if len(active) < k:
+        cxx, cxy, diag = cxx[np.ix_(active, active)], cxy[active], diag[active]
+    scale = np.sqrt(diag)
+    corr = cxx / (scale[:, None] * scale)  # np.outer(scale, scale), minus the call overhead
+    phi = np.linalg.lstsq(corr, cxy / scale, rcond=_RCOND)[0]
     theta[active] = phi / scale
     return theta
 
@@ -113,11 +126,11 @@ def regression_adjust(
     An empty group gives NaN everywhere except ``theta``.
     """
     columns = [value, *covariates]
-    theta = pooled_theta(control, treatment, value, covariates)
+    c, t = control.select(columns), treatment.select(columns)
+    theta = _pooled_theta(c, t)
     n_c, n_t = control.n, treatment.n
     if n_c == 0 or n_t == 0:
         return Adjustment(tuple(theta.tolist()), *([NAN] * 9))
-    c, t = control.select(columns), treatment.select(columns)
     s_c, s_t = c.cov(), t.cov()
     n = n_c + n_t
     a, b = n_t / n, n_c / n

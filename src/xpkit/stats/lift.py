@@ -7,6 +7,7 @@ infinity produced by dividing by zero.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ def _usable(estimate: float, se: float) -> bool:
 # The scipy.special functions are the ufuncs behind scipy.stats.norm / scipy.stats.t: the same
 # numbers without the distribution objects' argument checking, which cost ~0.2 ms a call
 # and dominated a run's Python time once the daily history multiplied the calls.
+@functools.lru_cache(maxsize=16)  # a run uses one alpha, several times per estimate
 def normal_quantile(alpha: float) -> float:
     """Two-sided normal critical value ``z_{1 - alpha/2}``."""
     return float(special.ndtri(1.0 - alpha / 2.0))
