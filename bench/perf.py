@@ -4,10 +4,9 @@ For each size N the script generates N members with the sample-data generator (o
 files are reused), then times on the same files:
 
 (a) ``xpkit run`` of one experiment's full scorecard through the library API: config and
-    metrics loading, then every statement a run executes (data bounds, assignment health
-    for SRM and the health checks, moments; with the default always-valid stopping rule the
-    moments statement also returns the daily history), the statistics and the Parquet
-    output. Ten metrics on one source, among them a proportion, three ratios and a capped
+    metrics loading, then every statement a run executes (the data bounds, then the one
+    statement whose cells give the SRM and health counts, the moments and, with the default
+    always-valid stopping rule, the daily history), the statistics and the Parquet output. Ten metrics on one source, among them a proportion, three ratios and a capped
     metric; ITT and TOT; CUPED covariates.
 (b) one hand-written DuckDB statement, :data:`REFERENCE_SQL`, that returns the same
     per-variant sufficient statistics: n, sums and sums of products of the same per-unit
@@ -454,7 +453,7 @@ def worker_check(folder: Path, memory_limit: str | None, threads: int | None) ->
     """xpkit's moments statement and the reference, side by side (untimed)."""
     from xpkit.config import load_config
     from xpkit.engine import open_engine
-    from xpkit.readout import read_moments
+    from xpkit.readout import read_cells, read_moments
     from xpkit.registry import load_metrics
     from xpkit.runner import compile_experiment
 
@@ -470,7 +469,7 @@ def worker_check(folder: Path, memory_limit: str | None, threads: int | None) ->
     try:
         query = compile_experiment(config, registry, EXPERIMENT_ID, engine)
         assert query.layout is not None
-        moments = read_moments(engine.query(query.sql), query.layout)
+        moments = read_moments(read_cells(engine.query(query.sql), query.layout), query.layout)
     finally:
         engine.close()
     xpkit_cells = {

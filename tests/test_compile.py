@@ -16,14 +16,13 @@ from xpkit.compile import (
     DIALECTS,
     ExperimentDates,
     check_columns,
-    compile_assignment_health,
     compile_bounds,
     compile_moments,
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
 from xpkit.engine import DuckDBEngine
 from xpkit.errors import DataError
-from xpkit.readout import read_moments
+from xpkit.readout import assignment_counts, read_cells, read_history, read_moments
 
 
 class Daily(Source):
@@ -128,7 +127,7 @@ def tiny(tmp_path: Path) -> DuckDBEngine:
 
 def run(engine: DuckDBEngine, metrics=METRICS):
     query = compile_moments(EXPERIMENT, metrics, AssignmentColumns(), DATES)
-    return read_moments(engine.query(query.sql), query.layout)
+    return read_moments(read_cells(engine.query(query.sql), query.layout), query.layout)
 
 
 def test_window_semantics_on_hand_made_rows(tiny: DuckDBEngine) -> None:
@@ -164,13 +163,23 @@ def test_second_moments_match_numpy_on_the_units(tiny: DuckDBEngine) -> None:
 
 
 def test_assignment_health_counts(tiny: DuckDBEngine) -> None:
-    sql = compile_assignment_health(EXPERIMENT, AssignmentColumns(), DATES.as_of).sql
-    rows = {(r["variant"], r["multi_variant"]): r for r in tiny.query(sql).to_pylist()}
-    assert rows[("control", False)]["n_units"] == 2
-    assert rows[("treatment", False)]["n_units"] == 3
-    assert rows[("treatment", False)]["n_duplicate_rows"] == 1
-    assert rows[("treatment", False)]["n_complete"] == 2
-    assert rows[(None, True)]["n_units"] == 1
+    # The same statement as the moments: its cells add up to the counts per variant bucket.
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES)
+    counts = assignment_counts(read_cells(tiny.query(query.sql), query.layout))
+    rows = {(r["variant"], r["multi_variant"]): r for r in counts}
+    assert set(rows) == {("control", False), ("treatment", False), (None, True)}
+    control, treatment, multi = (
+        rows[("control", False)],
+        rows[("treatment", False)],
+        rows[(None, True)],
+    )
+    assert (control["n_units"], control["n_rows"], control["n_exposed"]) == (2, 2, 1)
+    assert control["n_complete"] == 2
+    assert (treatment["n_units"], treatment["n_rows"], treatment["n_duplicate_rows"]) == (3, 4, 1)
+    assert (treatment["n_exposed"], treatment["n_complete"]) == (2, 2)  # units 3, 5; 3, 4
+    assert treatment["first_assignment_date"] == date(2024, 1, 10)
+    assert treatment["last_assignment_date"] == date(2024, 1, 13)
+    assert (multi["n_units"], multi["n_rows"], multi["n_exposed"]) == (1, 2, 1)
 
 
 def test_bounds(tiny: DuckDBEngine) -> None:
@@ -195,6 +204,9 @@ def test_one_scan_per_source() -> None:
     tree = sqlglot.parse_one(sql, read="duckdb")
     scans = [t for t in tree.find_all(sqlglot.exp.Table) if t.name == "daily"]
     assert len(scans) == 1
+    # The assignment counts for SRM and the health checks come from the same statement.
+    reads = [t for t in tree.find_all(sqlglot.exp.Table) if t.name == "experiment_assignments"]
+    assert len(reads) == 1
 
 
 def test_metrics_needing_the_same_per_unit_column_share_it(tiny: DuckDBEngine) -> None:
@@ -207,7 +219,7 @@ def test_metrics_needing_the_same_per_unit_column_share_it(tiny: DuckDBEngine) -
     assert layout.metrics["capped_watch"].value != layout.metrics["watch"].value
     assert layout.metrics["tv_watch"].value != layout.metrics["watch"].value
     assert len(layout.columns) == len(set(layout.columns))
-    m = read_moments(tiny.query(query.sql), layout)
+    m = read_moments(read_cells(tiny.query(query.sql), query.layout), layout)
     ratio = m.get("itt", "treatment", "watch_per_session")
     assert ratio.mean_of(layout.metrics["watch_per_session"].value) == pytest.approx(23.5)
     assert ratio.mean_of("watch_per_session__denominator") == pytest.approx(2.5)
@@ -274,18 +286,16 @@ def test_unknown_column_is_named_with_the_metric() -> None:
         )
 
 
-def test_history_is_one_statement_and_its_last_day_equals_the_plain_run(tiny: DuckDBEngine) -> None:
-    from xpkit.readout import read_history
-
-    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES, history=True)
-    tree = sqlglot.parse_one(query.sql, read="duckdb")
-    assert len([t for t in tree.find_all(sqlglot.exp.Table) if t.name == "daily"]) == 1
-    history = read_history(tiny.query(query.sql), query.layout)
+def test_history_comes_from_the_same_cells_and_its_last_day_equals_the_run(
+    tiny: DuckDBEngine,
+) -> None:
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES)
+    history = read_history(read_cells(tiny.query(query.sql), query.layout), query.layout)
     # Windows complete on 01-12 (units 1, 3), 01-13 (unit 2) and 01-14 (unit 4).
     assert list(history) == [date(2024, 1, 12), date(2024, 1, 13), date(2024, 1, 14)]
     assert history[date(2024, 1, 12)].get("itt", "control", "watch").n == 1
     assert history[date(2024, 1, 13)].get("itt", "control", "watch").n == 2
-    # Treatment has no new unit on 01-13: the spine still carries its running total.
+    # Treatment has no new unit on 01-13: its running total carries over.
     assert history[date(2024, 1, 13)].get("itt", "treatment", "watch").n == 1
     final = run(tiny)
     last = history[date(2024, 1, 14)]
@@ -294,11 +304,3 @@ def test_history_is_one_statement_and_its_last_day_equals_the_plain_run(tiny: Du
         assert other.n == cell.n
         np.testing.assert_allclose(other.mean, cell.mean, rtol=1e-12)
         np.testing.assert_allclose(other.comoment, cell.comoment, rtol=1e-9, atol=1e-9)
-
-
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_history_parses_in_every_dialect(dialect: str) -> None:
-    sql = compile_moments(
-        EXPERIMENT, METRICS, AssignmentColumns(), DATES, dialect=dialect, history=True
-    ).sql
-    sqlglot.parse_one(sql, read=dialect)

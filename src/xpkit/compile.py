@@ -149,6 +149,8 @@ class MomentsLayout:
     columns: tuple[str, ...]
     products: tuple[tuple[str, str], ...]
     row_counts: dict[str, str] = field(default_factory=dict)  # output column -> source table
+    populations: tuple[str, ...] = ("itt",)  # "tot" too when exposure is configured
+    window_end: int = 0  # last day of the window: a cell's analysis date is assignment + this
 
     @staticmethod
     def shift_name(column: str) -> str:
@@ -394,12 +396,12 @@ def compile_moments(
     dates: ExperimentDates,
     *,
     dialect: str = "duckdb",
-    history: bool = False,
 ) -> CompiledQuery:
-    """The one statement that returns every metric's per-variant sufficient statistics.
+    """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
-    With ``history=True`` the same statement returns them as of every analysis date (one
-    row per date, population and variant; see the template for the semantics).
+    A cell is (variant, multi_variant, exposed, assignment date); see the template for the
+    columns and :mod:`xpkit.readout` for how cells add up to the assignment health counts,
+    the ITT/TOT populations and the daily history.
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
@@ -484,16 +486,16 @@ def compile_moments(
             {"a": ident(a), "b": ident(b), "name": ident(MomentsLayout.product_name(a, b))}
             for a, b in products
         ],
-        populations_values=", ".join(f"({string_literal(p)})" for p in populations),
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
-        history=history,
     )
     layout = MomentsLayout(
         metrics=layouts,
         columns=tuple(moment_columns),
         products=tuple(products),
         row_counts={ROWS_PREFIX + s.source.name: s.source.table for s in scans},
+        populations=tuple(populations),
+        window_end=experiment.window[1],
     )
     return CompiledQuery(
         sql=finish(sql, dialect),
@@ -501,24 +503,6 @@ def compile_moments(
         layout=layout,
         sources=tuple(s.source.table for s in scans),
     )
-
-
-def compile_assignment_health(
-    experiment: ExperimentConfig,
-    assignments: AssignmentColumns,
-    as_of: date,
-    *,
-    dialect: str = "duckdb",
-) -> CompiledQuery:
-    """Per-variant unit counts from the assignment table (SRM and health checks)."""
-    sql = render_template(
-        "assignments.sql.j2",
-        a=_assignment_context(assignments),
-        experiment_id=string_literal(experiment.id),
-        window=experiment.window,
-        as_of=date_literal(as_of),
-    )
-    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
 
 
 def compile_bounds(

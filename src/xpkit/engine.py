@@ -46,6 +46,8 @@ class DuckDBEngine:
         temp_directory: str | None = None,
     ) -> None:
         self.con = duckdb.connect(database or ":memory:", read_only=bool(database))
+        # Scheduled runs write logs: no carriage-return progress bar in them.
+        self.con.execute("SET enable_progress_bar = false")
         if memory_limit:
             self.con.execute(f"SET memory_limit = {exp.Literal.string(memory_limit).sql()}")
         if threads:

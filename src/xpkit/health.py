@@ -1,8 +1,8 @@
 """Health checks: is the experiment's data fit to be analysed at all?
 
-Input is the per-variant assignment summary (counts only, from ``assignments.sql.j2``);
-output is a list of :class:`Check` rows. A failed *gate* makes every result of the
-experiment invalid: xpkit prints the reason first and exits 3 rather than show a
+Input is the per-variant assignment summary (counts only; the moments statement's cells
+summed by :func:`xpkit.readout.assignment_counts`); output is a list of :class:`Check`
+rows. A failed *gate* makes every result of the experiment invalid: xpkit prints the reason first and exits 3 rather than show a
 clean-looking number computed on a broken split.
 """
 

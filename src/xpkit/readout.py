@@ -1,15 +1,21 @@
-"""Read the engine's result into Moments, using the compiler's layout.
+"""Read the engine's result into Moments and assignment counts, using the compiler's layout.
 
-The moments statement returns one wide row per (population, variant): ``n``, a shift per
-per-unit column, the sums around the shifts and the sums of products. Here each metric's
-slice of that row becomes a :class:`~xpkit.moments.Moments` over its own columns.
+The moments statement returns one wide row per cell (variant, multi_variant, exposed,
+assignment date): the number of units and assignment rows, rows read, a shift per per-unit
+column, the sums around the shifts and the sums of products. Sums around one shared shift
+add up, so every figure a run needs is a sum of cells:
+
+- the assignment health counts: every cell, by variant bucket;
+- a population's moments: ITT sums a variant's analysed cells, TOT its exposed analysed
+  cells; each metric's slice of those sums becomes a :class:`~xpkit.moments.Moments`;
+- the daily history: as of each analysis date D, the analysed cells whose window ended by D
+  (a cell's window ends ``window_end`` days after its assignment date).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -55,49 +61,167 @@ class MomentsTable:
 
 
 def _number(value: object) -> float:
-    if value is None:
-        return 0.0
-    out = float(value)  # DECIMAL and integer sums arrive as Python numbers
-    if not math.isfinite(out):
-        raise DataError(f"a metric produced a non-finite sum ({out}); check its expression")
+    return 0.0 if value is None else float(value)
+
+
+def _column(result: pa.Table, name: str) -> np.ndarray:
+    """One numeric column as float64, NULL (an empty sum) as 0, non-finite values rejected."""
+    column = result.column(name)
+    if pa.types.is_floating(column.type):
+        if column.null_count:
+            column = column.fill_null(0.0)
+        values = column.to_numpy().astype(float, copy=False)
+    else:
+        # DECIMAL and integer sums: Python's float() rounds each one correctly.
+        values = np.array([_number(v) for v in column.to_pylist()], dtype=float)
+    bad = values[~np.isfinite(values)]
+    if bad.size:
+        raise DataError(f"a metric produced a non-finite sum ({bad[0]}); check its expression")
+    return values
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The moments statement's result, read once into arrays (one row per cell)."""
+
+    variant: list[str | None]
+    multi_variant: np.ndarray  # bool
+    exposed: np.ndarray  # bool
+    assignment_date: list[date]
+    window_complete: np.ndarray  # bool
+    analysed: np.ndarray  # bool
+    n: np.ndarray  # int64 units
+    assignment_rows: np.ndarray  # int64
+    columns: tuple[str, ...]  # every per-unit column, in the order of the arrays below
+    shift: np.ndarray  # (k,), the same in every row
+    sums: np.ndarray  # (rows, k), 0 where a cell has no analysed units
+    products: np.ndarray  # (rows, k, k); NaN for pairs no metric needs
+    row_counts: dict[str, np.ndarray]  # output column -> rows read per cell
+
+    def rows_read(self, column: str) -> int:
+        return int(self.row_counts[column].sum())
+
+
+def read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
+    """Read every column once; later steps only add rows of these arrays.
+
+    Each cell's moments are formed over all the per-unit columns at once and sliced per
+    metric afterwards: per metric it would re-read the columns metrics share.
+    """
+    variants = [None if v is None else str(v) for v in result.column("variant").to_pylist()]
+    multi = np.array(result.column("multi_variant").to_pylist(), dtype=bool)
+    if any(v is None and not m for v, m in zip(variants, multi, strict=True)):
+        raise DataError("the assignment table has rows with a NULL variant")
+    analysed = np.array(result.column("analysed").to_pylist(), dtype=bool)
+    columns = tuple(dict.fromkeys(c for ml in layout.metrics.values() for c in ml.columns))
+    k = len(columns)
+    rows = result.num_rows
+    sums = np.zeros((rows, k))
+    shift = np.zeros(k)
+    for i, c in enumerate(columns):
+        shift[i] = _column(result, layout.shift_name(c))[0] if rows else 0.0
+        sums[:, i] = _column(result, layout.sum_name(c))
+    # Only pairs of columns that share a metric have a product; the others stay NaN and
+    # are never selected.
+    products = np.full((rows, k, k), np.nan)
+    present = set(result.column_names)
+    position = {c: i for i, c in enumerate(columns)}
+    pairs = {
+        frozenset((a, b)): (a, b)
+        for ml in layout.metrics.values()
+        for i, a in enumerate(ml.columns)
+        for b in ml.columns[i:]
+    }
+    for a, b in pairs.values():
+        name = layout.product_name(a, b)
+        values = _column(result, name if name in present else layout.product_name(b, a))
+        products[:, position[a], position[b]] = values
+        products[:, position[b], position[a]] = values
+    return Cells(
+        variant=variants,
+        multi_variant=multi,
+        exposed=np.array([bool(e) for e in result.column("exposed").to_pylist()], dtype=bool),
+        assignment_date=result.column("assignment_date").to_pylist(),
+        window_complete=np.array(result.column("window_complete").to_pylist(), dtype=bool),
+        analysed=analysed,
+        n=np.array(result.column("n").to_pylist(), dtype=np.int64),
+        assignment_rows=np.array(result.column("assignment_rows").to_pylist(), dtype=np.int64),
+        columns=columns,
+        shift=shift,
+        sums=sums,
+        products=products,
+        row_counts={
+            c: np.array([int(v or 0) for v in result.column(c).to_pylist()], dtype=np.int64)
+            for c in layout.row_counts
+        },
+    )
+
+
+def assignment_counts(cells: Cells) -> list[dict[str, object]]:
+    """Per variant bucket (units in several variants apart): the SRM and health counts."""
+    buckets: dict[tuple[str | None, bool], list[int]] = {}
+    for r, key in enumerate(zip(cells.variant, cells.multi_variant.tolist(), strict=True)):
+        buckets.setdefault(key, []).append(r)
+    out = []
+    for (variant, multi), rows in sorted(buckets.items(), key=lambda kv: (kv[0][1], str(kv[0][0]))):
+        idx = np.array(rows)
+        n_units = int(cells.n[idx].sum())
+        n_rows = int(cells.assignment_rows[idx].sum())
+        dates = [cells.assignment_date[r] for r in rows]
+        out.append(
+            {
+                "variant": variant,
+                "multi_variant": multi,
+                "n_units": n_units,
+                "n_rows": n_rows,
+                "n_duplicate_rows": n_rows - n_units,
+                "n_exposed": int(cells.n[idx][cells.exposed[idx]].sum()),
+                "n_complete": int(cells.n[idx][cells.window_complete[idx]].sum()),
+                "first_assignment_date": min(dates),
+                "last_assignment_date": max(dates),
+            }
+        )
     return out
 
 
-def read_history(result: pa.Table, layout: MomentsLayout) -> dict[date, MomentsTable]:
-    """The history statement's result: a MomentsTable per analysis date, oldest first."""
-    by_date: dict[date, list[dict]] = {}
-    for row in result.to_pylist():
-        by_date.setdefault(row["analysis_date"], []).append(row)
-    return {d: _read_rows(by_date[d], layout) for d in sorted(by_date)}
+def read_moments(cells: Cells, layout: MomentsLayout) -> MomentsTable:
+    """Moments per population, variant and metric over every analysed cell."""
+    return _moments(cells, layout, cells.analysed)
 
 
-def read_moments(result: pa.Table, layout: MomentsLayout) -> MomentsTable:
-    return _read_rows(result.to_pylist(), layout)
+def read_history(cells: Cells, layout: MomentsLayout) -> dict[date, MomentsTable]:
+    """A MomentsTable per analysis date, oldest first: the units whose window ended by then.
+
+    An analysis date is a day on which some analysed unit's window ended; as of it, each
+    unit counts with its whole window, so the moments are running sums over those days.
+    """
+    ends = [d + timedelta(days=layout.window_end) for d in cells.assignment_date]
+    days = sorted({e for e, a in zip(ends, cells.analysed.tolist(), strict=True) if a})
+    ends_array = np.array(ends, dtype="datetime64[D]")
+    return {
+        day: _moments(cells, layout, cells.analysed & (ends_array <= np.datetime64(day, "D")))
+        for day in days
+    }
 
 
-def _read_rows(rows: list[dict], layout: MomentsLayout) -> MomentsTable:
-    cells: dict[MomentsKey, Moments] = {}
-    for row in rows:
-        variant = row["variant"]
-        if variant is None:
-            raise DataError("the assignment table has rows with a NULL variant")
-        n = int(row["n"])
-        for metric, ml in layout.metrics.items():
-            cols = ml.columns
-            k = len(cols)
-            shift = [_number(row[layout.shift_name(c)]) for c in cols]
-            sums = [_number(row[layout.sum_name(c)]) for c in cols]
-            products = np.zeros((k, k))
-            for i, a in enumerate(cols):
-                for j in range(i, k):
-                    b = cols[j]
-                    name = (
-                        layout.product_name(a, b)
-                        if layout.product_name(a, b) in row
-                        else layout.product_name(b, a)
-                    )
-                    products[i, j] = products[j, i] = _number(row[name])
-            cells[MomentsKey(row["population"], str(variant), metric)] = Moments.from_shifted_sums(
-                n, cols, shift, sums, products
+def _moments(cells: Cells, layout: MomentsLayout, include: np.ndarray) -> MomentsTable:
+    out: dict[MomentsKey, Moments] = {}
+    variants = sorted({v for v, keep in zip(cells.variant, include.tolist(), strict=True) if keep})
+    for population in layout.populations:
+        for variant in variants:
+            rows = include & np.array([v == variant for v in cells.variant], dtype=bool)
+            if population == "tot":
+                rows &= cells.exposed
+            n = int(cells.n[rows].sum())
+            if n == 0 and population == "tot":
+                continue
+            moments = Moments.from_shifted_sums(
+                n,
+                cells.columns,
+                cells.shift,
+                cells.sums[rows].sum(axis=0),
+                cells.products[rows].sum(axis=0),
             )
-    return MomentsTable(cells)
+            for metric, ml in layout.metrics.items():
+                out[MomentsKey(population, variant, metric)] = moments.select(ml.columns)
+    return MomentsTable(out)

@@ -19,7 +19,6 @@ from xpkit.compile import (
     CompiledQuery,
     ExperimentDates,
     check_columns,
-    compile_assignment_health,
     compile_bounds,
     compile_exposure_health,
     compile_moments,
@@ -32,7 +31,13 @@ from xpkit.health import AssignmentSummary, Check, exposure_checks, failed_gates
 from xpkit.history import HISTORY_FILE, build_history
 from xpkit.metric import Metric
 from xpkit.planning import PowerPlan, plan
-from xpkit.readout import MomentsTable, read_history, read_moments
+from xpkit.readout import (
+    MomentsTable,
+    assignment_counts,
+    read_cells,
+    read_history,
+    read_moments,
+)
 from xpkit.registry import MetricRegistry
 from xpkit.scorecard import (
     CHECKS_FILE,
@@ -178,10 +183,19 @@ def run_experiment(
     assignments = config.run.assignments
     dates = resolve_dates(config, metrics, experiment_id, engine, as_of)
 
-    health_sql = compile_assignment_health(
-        experiment, assignments, dates.as_of if dates else run_date, dialect=engine.dialect
+    # One statement returns the assignment counts and every metric's sufficient statistics
+    # (per cell; see readout); without any assignment there is nothing to read.
+    query = None
+    cells = None
+    if dates is not None:
+        query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
+        assert query.layout is not None
+        cells = read_cells(engine.query(query.sql), query.layout)
+    summary = (
+        [AssignmentSummary.from_row(r) for r in assignment_counts(cells)]
+        if cells is not None
+        else []
     )
-    summary = [AssignmentSummary.from_row(r) for r in engine.query(health_sql.sql).to_pylist()]
     checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
     exposure_counts = None
     if config.run.exposures is not None:
@@ -196,27 +210,17 @@ def run_experiment(
     always_valid: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
-    if dates is not None:
-        query = compile_moments(
-            experiment, metrics, assignments, dates, dialect=engine.dialect, history=history
-        )
+    if query is not None and cells is not None:
         assert query.layout is not None
         sql = query.sql
-        result = engine.query(sql)
         if history:
-            by_date = read_history(result, query.layout)
+            by_date = read_history(cells, query.layout)
             last = max(by_date) if by_date else None
             moments = by_date[last] if last else MomentsTable({})
-            itt_rows = [
-                r
-                for r in result.to_pylist()
-                if r["population"] == "itt" and r["analysis_date"] == last
-            ]
         else:
-            moments = read_moments(result, query.layout)
-            itt_rows = [r for r in result.to_pylist() if r["population"] == "itt"]
+            moments = read_moments(cells, query.layout)
         for column, table in query.layout.row_counts.items():
-            rows_read[table] = rows_read.get(table, 0) + int(sum(r[column] or 0 for r in itt_rows))
+            rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
             m.name: MetricInfo(m.name, m.kind, m.higher_is_better, query.layout.metrics[m.name])
             for m in metrics
@@ -267,7 +271,7 @@ def run_experiment(
     provenance = Provenance(
         computed_at=computed_at,
         xpkit_version=__version__,
-        sql_sha256=query.sha256 if dates is not None else "",
+        sql_sha256=query.sha256 if query is not None else "",
         config_sha256=config.sha256,
         metric_sha256={m.name: m.definition_sha256() for m in metrics},
         rows_read=rows_read,
@@ -353,7 +357,7 @@ def power_plan(
         experiment, metrics, config.run.assignments, dates, dialect=engine.dialect
     )
     assert query.layout is not None
-    moments = read_moments(engine.query(query.sql), query.layout)
+    moments = read_moments(read_cells(engine.query(query.sql), query.layout), query.layout)
     cells = [moments.get("itt", v, metric_name) for v in moments.variants("itt")]
     control = moments.get("itt", experiment.control, metric_name)
     if control is None or not cells:

@@ -7,31 +7,45 @@ WITH xp_assigned_rows AS (
   FROM experiment_assignments
   WHERE
     experiment_id = 'exp''s "quoted" id'
-), xp_units AS (
-  /* One variant iff the smallest and largest agree: no COUNT(DISTINCT), which costs two */
-  /* extra aggregations and a join over the assignment rows. */
+), xp_unit_assignments AS (
+  /* Several variants iff the smallest and largest differ: no COUNT(DISTINCT), which costs */
+  /* two extra aggregations and a join over the assignment rows. */
   SELECT
     unit_id,
-    MIN(variant) AS variant,
-    MIN(variant) = MAX(variant) AS single_variant,
+    CASE WHEN MIN(variant) = MAX(variant) THEN MIN(variant) END AS variant,
+    MIN(variant) IS DISTINCT FROM MAX(variant) AS multi_variant,
+    COUNT(*) AS assignment_rows,
     MIN(assignment_date) AS assignment_date,
     MAX(CASE WHEN exposed THEN 1 ELSE 0 END) AS exposed
   FROM xp_assigned_rows
   GROUP BY
     unit_id
-), xp_analysed_units AS (
-  /* Units seen in one variant only, whose analysis window is complete by the as-of date. */
-  /* Rows are placed in the windows by their day offset from assignment_date. */
+), xp_units AS (
   SELECT
     unit_id,
     variant,
-    exposed,
+    multi_variant,
+    assignment_rows,
     assignment_date,
-    CAST(assignment_date + INTERVAL '2' DAY AS DATE) AS window_end
+    exposed,
+    window_complete,
+    window_complete /* In the analysis: one variant, and the whole window observed by the as-of date. */
+    AND NOT variant IS NULL AS analysed
+  FROM (
+    SELECT
+      *,
+      CAST(assignment_date + INTERVAL '2' DAY AS DATE) <= CAST('2024-01-14' AS DATE) AS window_complete
+    FROM xp_unit_assignments
+  ) AS w
+), xp_analysed_units AS (
+  /* The fact scans' build side: one row per analysed unit. Rows are placed in the windows */
+  /* by their day offset from assignment_date. */
+  SELECT
+    unit_id,
+    assignment_date
   FROM xp_units
   WHERE
-    single_variant
-    AND CAST(assignment_date + INTERVAL '2' DAY AS DATE) <= CAST('2024-01-14' AS DATE)
+    analysed
 ), xp_per_unit_daily AS (
   /* One scan of daily: every metric on this source, pre- and post-period. */
   SELECT
@@ -64,21 +78,33 @@ WITH xp_assigned_rows AS (
 ), xp_unit_values AS MATERIALIZED (
   SELECT
     u.variant,
+    u.multi_variant,
     u.exposed,
+    u.assignment_date,
+    u.window_complete,
+    u.analysed,
+    u.assignment_rows,
     COALESCE(xp_per_unit_daily.rows_read__daily, 0) AS rows_read__daily,
-    COALESCE(xp_per_unit_daily.watch__value, 0) AS watch__value,
-    COALESCE(xp_per_unit_daily.watch__pre, 0) AS watch__pre,
-    COALESCE(xp_per_unit_daily.daily__has_history, 0) AS daily__has_history,
-    COALESCE(xp_per_unit_daily.any_watch__value, 0) AS any_watch__value,
-    COALESCE(xp_per_unit_daily.watch_per_session__denominator, 0) AS watch_per_session__denominator,
-    COALESCE(xp_per_unit_daily.tv_watch__value, 0) AS tv_watch__value,
-    LEAST(COALESCE(xp_per_unit_daily.capped_watch__value, 0), 25.0) AS capped_watch__value
-  FROM xp_analysed_units AS u
+    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__value, 0) END AS watch__value,
+    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__pre, 0) END AS watch__pre,
+    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.daily__has_history, 0) END AS daily__has_history,
+    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.any_watch__value, 0) END AS any_watch__value,
+    CASE
+      WHEN u.analysed
+      THEN COALESCE(xp_per_unit_daily.watch_per_session__denominator, 0)
+    END AS watch_per_session__denominator,
+    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.tv_watch__value, 0) END AS tv_watch__value,
+    CASE
+      WHEN u.analysed
+      THEN LEAST(COALESCE(xp_per_unit_daily.capped_watch__value, 0), 25.0)
+    END AS capped_watch__value
+  FROM xp_units AS u
   LEFT JOIN xp_per_unit_daily
     ON xp_per_unit_daily.unit_id = u.unit_id
 ), xp_shift AS (
-  /* Per-column constants near the mean: sums are taken of (x - shift) so that sums of */
-  /* squares keep their precision when a metric's mean is large against its spread. */
+  /* Per-column constants near the mean of the analysed units: sums are taken of */
+  /* (x - shift) so that sums of squares keep their precision when a metric's mean is large */
+  /* against its spread. */
   SELECT
     COALESCE(AVG(watch__value), 0) AS watch__value,
     COALESCE(AVG(watch__pre), 0) AS watch__pre,
@@ -89,169 +115,17 @@ WITH xp_assigned_rows AS (
     COALESCE(AVG(tv_watch__value), 0) AS tv_watch__value,
     COALESCE(AVG(capped_watch__value), 0) AS capped_watch__value
   FROM xp_unit_values
-), xp_populations AS (
-  SELECT
-    population
-  FROM (VALUES
-    ('itt'),
-    ('tot')) AS p(population)
-), xp_by_exposure AS (
-  /* One pass over the units, exposed and unexposed apart; */
-  /* the populations are unions of these groups (ITT: both, TOT: the exposed), and sums */
-  /* around one shared shift simply add up. */
-  SELECT
-    v.variant,
-    v.exposed,
-    COUNT(*) AS n,
-    SUM(v.rows_read__daily) AS rows_read__daily,
-    SUM(v.watch__value - xp_shift.watch__value) AS sum__watch__value,
-    SUM(v.watch__pre - xp_shift.watch__pre) AS sum__watch__pre,
-    SUM(v.daily__has_history - xp_shift.daily__has_history) AS sum__daily__has_history,
-    SUM(v.exposed - xp_shift.exposed) AS sum__exposed,
-    SUM(v.any_watch__value - xp_shift.any_watch__value) AS sum__any_watch__value,
-    SUM(v.watch_per_session__denominator - xp_shift.watch_per_session__denominator) AS sum__watch_per_session__denominator,
-    SUM(v.tv_watch__value - xp_shift.tv_watch__value) AS sum__tv_watch__value,
-    SUM(v.capped_watch__value - xp_shift.capped_watch__value) AS sum__capped_watch__value,
-    SUM(
-      (
-        v.watch__value - xp_shift.watch__value
-      ) * (
-        v.watch__value - xp_shift.watch__value
-      )
-    ) AS prod__watch__value__x__watch__value,
-    SUM(
-      (
-        v.watch__value - xp_shift.watch__value
-      ) * (
-        v.watch__pre - xp_shift.watch__pre
-      )
-    ) AS prod__watch__value__x__watch__pre,
-    SUM(
-      (
-        v.watch__value - xp_shift.watch__value
-      ) * (
-        v.daily__has_history - xp_shift.daily__has_history
-      )
-    ) AS prod__watch__value__x__daily__has_history,
-    SUM(
-      (
-        v.watch__value - xp_shift.watch__value
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__watch__value__x__exposed,
-    SUM(
-      (
-        v.watch__pre - xp_shift.watch__pre
-      ) * (
-        v.watch__pre - xp_shift.watch__pre
-      )
-    ) AS prod__watch__pre__x__watch__pre,
-    SUM(
-      (
-        v.watch__pre - xp_shift.watch__pre
-      ) * (
-        v.daily__has_history - xp_shift.daily__has_history
-      )
-    ) AS prod__watch__pre__x__daily__has_history,
-    SUM((
-      v.watch__pre - xp_shift.watch__pre
-    ) * (
-      v.exposed - xp_shift.exposed
-    )) AS prod__watch__pre__x__exposed,
-    SUM(
-      (
-        v.daily__has_history - xp_shift.daily__has_history
-      ) * (
-        v.daily__has_history - xp_shift.daily__has_history
-      )
-    ) AS prod__daily__has_history__x__daily__has_history,
-    SUM(
-      (
-        v.daily__has_history - xp_shift.daily__has_history
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__daily__has_history__x__exposed,
-    SUM((
-      v.exposed - xp_shift.exposed
-    ) * (
-      v.exposed - xp_shift.exposed
-    )) AS prod__exposed__x__exposed,
-    SUM(
-      (
-        v.any_watch__value - xp_shift.any_watch__value
-      ) * (
-        v.any_watch__value - xp_shift.any_watch__value
-      )
-    ) AS prod__any_watch__value__x__any_watch__value,
-    SUM(
-      (
-        v.any_watch__value - xp_shift.any_watch__value
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__any_watch__value__x__exposed,
-    SUM(
-      (
-        v.watch__value - xp_shift.watch__value
-      ) * (
-        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-      )
-    ) AS prod__watch__value__x__watch_per_session__denominator,
-    SUM(
-      (
-        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-      ) * (
-        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-      )
-    ) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
-    SUM(
-      (
-        v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__watch_per_session__denominator__x__exposed,
-    SUM(
-      (
-        v.tv_watch__value - xp_shift.tv_watch__value
-      ) * (
-        v.tv_watch__value - xp_shift.tv_watch__value
-      )
-    ) AS prod__tv_watch__value__x__tv_watch__value,
-    SUM(
-      (
-        v.tv_watch__value - xp_shift.tv_watch__value
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__tv_watch__value__x__exposed,
-    SUM(
-      (
-        v.capped_watch__value - xp_shift.capped_watch__value
-      ) * (
-        v.capped_watch__value - xp_shift.capped_watch__value
-      )
-    ) AS prod__capped_watch__value__x__capped_watch__value,
-    SUM(
-      (
-        v.capped_watch__value - xp_shift.capped_watch__value
-      ) * (
-        v.exposed - xp_shift.exposed
-      )
-    ) AS prod__capped_watch__value__x__exposed
-  FROM xp_unit_values AS v
-  CROSS JOIN xp_shift
-  GROUP BY
-    v.variant,
-    v.exposed
 )
 SELECT
-  p.population,
-  g.variant,
-  SUM(g.n) AS n,
-  SUM(g.rows_read__daily) AS rows_read__daily,
+  v.variant,
+  v.multi_variant,
+  v.exposed,
+  v.assignment_date,
+  v.window_complete,
+  v.analysed,
+  COUNT(*) AS n,
+  SUM(v.assignment_rows) AS assignment_rows,
+  SUM(v.rows_read__daily) AS rows_read__daily,
   MIN(xp_shift.watch__value) AS shift__watch__value,
   MIN(xp_shift.watch__pre) AS shift__watch__pre,
   MIN(xp_shift.daily__has_history) AS shift__daily__has_history,
@@ -260,42 +134,154 @@ SELECT
   MIN(xp_shift.watch_per_session__denominator) AS shift__watch_per_session__denominator,
   MIN(xp_shift.tv_watch__value) AS shift__tv_watch__value,
   MIN(xp_shift.capped_watch__value) AS shift__capped_watch__value,
-  SUM(g.sum__watch__value) AS sum__watch__value,
-  SUM(g.sum__watch__pre) AS sum__watch__pre,
-  SUM(g.sum__daily__has_history) AS sum__daily__has_history,
-  SUM(g.sum__exposed) AS sum__exposed,
-  SUM(g.sum__any_watch__value) AS sum__any_watch__value,
-  SUM(g.sum__watch_per_session__denominator) AS sum__watch_per_session__denominator,
-  SUM(g.sum__tv_watch__value) AS sum__tv_watch__value,
-  SUM(g.sum__capped_watch__value) AS sum__capped_watch__value,
-  SUM(g.prod__watch__value__x__watch__value) AS prod__watch__value__x__watch__value,
-  SUM(g.prod__watch__value__x__watch__pre) AS prod__watch__value__x__watch__pre,
-  SUM(g.prod__watch__value__x__daily__has_history) AS prod__watch__value__x__daily__has_history,
-  SUM(g.prod__watch__value__x__exposed) AS prod__watch__value__x__exposed,
-  SUM(g.prod__watch__pre__x__watch__pre) AS prod__watch__pre__x__watch__pre,
-  SUM(g.prod__watch__pre__x__daily__has_history) AS prod__watch__pre__x__daily__has_history,
-  SUM(g.prod__watch__pre__x__exposed) AS prod__watch__pre__x__exposed,
-  SUM(g.prod__daily__has_history__x__daily__has_history) AS prod__daily__has_history__x__daily__has_history,
-  SUM(g.prod__daily__has_history__x__exposed) AS prod__daily__has_history__x__exposed,
-  SUM(g.prod__exposed__x__exposed) AS prod__exposed__x__exposed,
-  SUM(g.prod__any_watch__value__x__any_watch__value) AS prod__any_watch__value__x__any_watch__value,
-  SUM(g.prod__any_watch__value__x__exposed) AS prod__any_watch__value__x__exposed,
-  SUM(g.prod__watch__value__x__watch_per_session__denominator) AS prod__watch__value__x__watch_per_session__denominator,
-  SUM(g.prod__watch_per_session__denominator__x__watch_per_session__denominator) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
-  SUM(g.prod__watch_per_session__denominator__x__exposed) AS prod__watch_per_session__denominator__x__exposed,
-  SUM(g.prod__tv_watch__value__x__tv_watch__value) AS prod__tv_watch__value__x__tv_watch__value,
-  SUM(g.prod__tv_watch__value__x__exposed) AS prod__tv_watch__value__x__exposed,
-  SUM(g.prod__capped_watch__value__x__capped_watch__value) AS prod__capped_watch__value__x__capped_watch__value,
-  SUM(g.prod__capped_watch__value__x__exposed) AS prod__capped_watch__value__x__exposed
-FROM xp_by_exposure AS g
+  SUM(v.watch__value - xp_shift.watch__value) AS sum__watch__value,
+  SUM(v.watch__pre - xp_shift.watch__pre) AS sum__watch__pre,
+  SUM(v.daily__has_history - xp_shift.daily__has_history) AS sum__daily__has_history,
+  SUM(v.exposed - xp_shift.exposed) AS sum__exposed,
+  SUM(v.any_watch__value - xp_shift.any_watch__value) AS sum__any_watch__value,
+  SUM(v.watch_per_session__denominator - xp_shift.watch_per_session__denominator) AS sum__watch_per_session__denominator,
+  SUM(v.tv_watch__value - xp_shift.tv_watch__value) AS sum__tv_watch__value,
+  SUM(v.capped_watch__value - xp_shift.capped_watch__value) AS sum__capped_watch__value,
+  SUM(
+    (
+      v.watch__value - xp_shift.watch__value
+    ) * (
+      v.watch__value - xp_shift.watch__value
+    )
+  ) AS prod__watch__value__x__watch__value,
+  SUM(
+    (
+      v.watch__value - xp_shift.watch__value
+    ) * (
+      v.watch__pre - xp_shift.watch__pre
+    )
+  ) AS prod__watch__value__x__watch__pre,
+  SUM(
+    (
+      v.watch__value - xp_shift.watch__value
+    ) * (
+      v.daily__has_history - xp_shift.daily__has_history
+    )
+  ) AS prod__watch__value__x__daily__has_history,
+  SUM(
+    (
+      v.watch__value - xp_shift.watch__value
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__watch__value__x__exposed,
+  SUM(
+    (
+      v.watch__pre - xp_shift.watch__pre
+    ) * (
+      v.watch__pre - xp_shift.watch__pre
+    )
+  ) AS prod__watch__pre__x__watch__pre,
+  SUM(
+    (
+      v.watch__pre - xp_shift.watch__pre
+    ) * (
+      v.daily__has_history - xp_shift.daily__has_history
+    )
+  ) AS prod__watch__pre__x__daily__has_history,
+  SUM((
+    v.watch__pre - xp_shift.watch__pre
+  ) * (
+    v.exposed - xp_shift.exposed
+  )) AS prod__watch__pre__x__exposed,
+  SUM(
+    (
+      v.daily__has_history - xp_shift.daily__has_history
+    ) * (
+      v.daily__has_history - xp_shift.daily__has_history
+    )
+  ) AS prod__daily__has_history__x__daily__has_history,
+  SUM(
+    (
+      v.daily__has_history - xp_shift.daily__has_history
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__daily__has_history__x__exposed,
+  SUM((
+    v.exposed - xp_shift.exposed
+  ) * (
+    v.exposed - xp_shift.exposed
+  )) AS prod__exposed__x__exposed,
+  SUM(
+    (
+      v.any_watch__value - xp_shift.any_watch__value
+    ) * (
+      v.any_watch__value - xp_shift.any_watch__value
+    )
+  ) AS prod__any_watch__value__x__any_watch__value,
+  SUM(
+    (
+      v.any_watch__value - xp_shift.any_watch__value
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__any_watch__value__x__exposed,
+  SUM(
+    (
+      v.watch__value - xp_shift.watch__value
+    ) * (
+      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+    )
+  ) AS prod__watch__value__x__watch_per_session__denominator,
+  SUM(
+    (
+      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+    ) * (
+      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+    )
+  ) AS prod__watch_per_session__denominator__x__watch_per_session__denominator,
+  SUM(
+    (
+      v.watch_per_session__denominator - xp_shift.watch_per_session__denominator
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__watch_per_session__denominator__x__exposed,
+  SUM(
+    (
+      v.tv_watch__value - xp_shift.tv_watch__value
+    ) * (
+      v.tv_watch__value - xp_shift.tv_watch__value
+    )
+  ) AS prod__tv_watch__value__x__tv_watch__value,
+  SUM(
+    (
+      v.tv_watch__value - xp_shift.tv_watch__value
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__tv_watch__value__x__exposed,
+  SUM(
+    (
+      v.capped_watch__value - xp_shift.capped_watch__value
+    ) * (
+      v.capped_watch__value - xp_shift.capped_watch__value
+    )
+  ) AS prod__capped_watch__value__x__capped_watch__value,
+  SUM(
+    (
+      v.capped_watch__value - xp_shift.capped_watch__value
+    ) * (
+      v.exposed - xp_shift.exposed
+    )
+  ) AS prod__capped_watch__value__x__exposed
+FROM xp_unit_values AS v
 CROSS JOIN xp_shift
-JOIN xp_populations AS p
-  ON p.population = 'itt' OR (
-    p.population = 'tot' AND g.exposed = 1
-  )
 GROUP BY
-  p.population,
-  g.variant
+  v.variant,
+  v.multi_variant,
+  v.exposed,
+  v.assignment_date,
+  v.window_complete,
+  v.analysed
 ORDER BY
-  p.population,
-  g.variant
+  v.assignment_date,
+  v.variant,
+  v.multi_variant,
+  v.exposed
