@@ -12,6 +12,7 @@ The compiler knows nothing of statistics: alongside the SQL it returns a
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib.resources
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ EXPOSURE_COLUMN = "exposed"
 # --------------------------------------------------------------------------------------
 # Rendering helpers: every spliced value goes through sqlglot.
 # --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)  # the same names recur in every product of a statement
 def ident(name: str) -> str:
     """A column or CTE name, quoted only where needed."""
     return exp.to_identifier(name).sql("duckdb")
@@ -192,6 +194,7 @@ class _UnitColumn:
     tree: exp.Expression  # per-unit aggregate over the source's rows (alias s)
     cap_value: float | None = None
     cap_percentile: float | None = None
+    indicator: bool = False  # the unit's value is 1 where the aggregate is positive, else 0
 
     @property
     def key(self) -> tuple[str, float | None, float | None]:
@@ -329,11 +332,11 @@ def _has_history_column(scan: _SourceScan, pre_window: tuple[int, int]) -> str:
     """
     name = f"{scan.source.name}__has_history"
     if all(c.name != name for c in scan.columns):
-        # MAX(1) FILTER (WHERE pre): NULL without pre-period rows, which the per-unit values
-        # turn into 0 like every other column; the filter is the one the pre-period columns
-        # already evaluate.
-        flag = _windowed(exp.Max(this=exp.Literal.number(1)), _in_window(scan.source, pre_window))
-        scan.columns.append(_UnitColumn(name=name, tree=flag))
+        # COUNT(*) FILTER (WHERE pre) > 0 rather than a MAX(CASE ...): a count of pre-period
+        # rows is often an aggregate the scan has anyway (an active-days metric's covariate),
+        # and DuckDB computes identical aggregates once; the per-unit values turn it into 0/1.
+        rows = _windowed(exp.Count(this=exp.Star()), _in_window(scan.source, pre_window))
+        scan.columns.append(_UnitColumn(name=name, tree=rows, indicator=True))
     return name
 
 
@@ -418,6 +421,8 @@ def compile_moments(
     for scan in scans:
         for col in scan.columns:
             raw = f"COALESCE({scan.cte}.{ident(col.name)}, 0)"
+            if col.indicator:
+                raw = f"CASE WHEN {raw} > 0 THEN 1 ELSE 0 END"
             if col.cap_value is not None:
                 raw = f"LEAST({raw}, {exp.Literal.number(col.cap_value).sql('duckdb')})"
             unit_columns.append({"name": ident(col.name), "sql": raw})

@@ -65,9 +65,7 @@ WITH xp_assigned_rows AS (
         NULL
       )
     ) AS watch__pre,
-    MAX(
-      IF(DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1, 1, NULL)
-    ) AS daily__has_history,
+    COUNTIF(DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN -3 AND -1) AS daily__has_history,
     MAX(
       IF(
         DATE_DIFF(CAST(s.date AS DATE), u.assignment_date, DAY) BETWEEN 0 AND 2,
@@ -118,7 +116,10 @@ WITH xp_assigned_rows AS (
     COALESCE(xp_per_unit_daily.rows_read__daily, 0) AS rows_read__daily,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__value, 0) END AS watch__value,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__pre, 0) END AS watch__pre,
-    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.daily__has_history, 0) END AS daily__has_history,
+    CASE
+      WHEN u.analysed
+      THEN CASE WHEN COALESCE(xp_per_unit_daily.daily__has_history, 0) > 0 THEN 1 ELSE 0 END
+    END AS daily__has_history,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.any_watch__value, 0) END AS any_watch__value,
     CASE
       WHEN u.analysed

@@ -59,7 +59,7 @@ WITH xp_assigned_rows AS (
       (
         CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)
       ) BETWEEN -3 AND -1) AS watch__pre,
-    MAX(1) FILTER(WHERE
+    COUNT(*) FILTER(WHERE
       (
         CAST(s.date AS DATE) - CAST(u.assignment_date AS DATE)
       ) BETWEEN -3 AND -1) AS daily__has_history,
@@ -101,7 +101,10 @@ WITH xp_assigned_rows AS (
     COALESCE(xp_per_unit_daily.rows_read__daily, 0) AS rows_read__daily,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__value, 0) END AS watch__value,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.watch__pre, 0) END AS watch__pre,
-    CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.daily__has_history, 0) END AS daily__has_history,
+    CASE
+      WHEN u.analysed
+      THEN CASE WHEN COALESCE(xp_per_unit_daily.daily__has_history, 0) > 0 THEN 1 ELSE 0 END
+    END AS daily__has_history,
     CASE WHEN u.analysed THEN COALESCE(xp_per_unit_daily.any_watch__value, 0) END AS any_watch__value,
     CASE
       WHEN u.analysed
