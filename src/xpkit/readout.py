@@ -14,6 +14,7 @@ add up, so every figure a run needs is a sum of cells:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -186,28 +187,38 @@ def assignment_counts(cells: Cells) -> list[dict[str, object]]:
 
 def read_moments(cells: Cells, layout: MomentsLayout) -> MomentsTable:
     """Moments per population, variant and metric over every analysed cell."""
-    return _moments(cells, layout, cells.analysed)
+    return _moments(cells, layout, cells.analysed, layout.populations)
 
 
-def read_history(cells: Cells, layout: MomentsLayout) -> dict[date, MomentsTable]:
+def read_history(
+    cells: Cells, layout: MomentsLayout, populations: Sequence[str] | None = None
+) -> dict[date, MomentsTable]:
     """A MomentsTable per analysis date, oldest first: the units whose window ended by then.
 
     An analysis date is a day on which some analysed unit's window ended; as of it, each
     unit counts with its whole window, so the moments are running sums over those days.
+    ``populations`` narrows the layout's populations (a history used only for ITT).
     """
     ends = [d + timedelta(days=layout.window_end) for d in cells.assignment_date]
     days = sorted({e for e, a in zip(ends, cells.analysed.tolist(), strict=True) if a})
     ends_array = np.array(ends, dtype="datetime64[D]")
     return {
-        day: _moments(cells, layout, cells.analysed & (ends_array <= np.datetime64(day, "D")))
+        day: _moments(
+            cells,
+            layout,
+            cells.analysed & (ends_array <= np.datetime64(day, "D")),
+            layout.populations if populations is None else populations,
+        )
         for day in days
     }
 
 
-def _moments(cells: Cells, layout: MomentsLayout, include: np.ndarray) -> MomentsTable:
+def _moments(
+    cells: Cells, layout: MomentsLayout, include: np.ndarray, populations: Sequence[str]
+) -> MomentsTable:
     out: dict[MomentsKey, Moments] = {}
     variants = sorted({v for v, keep in zip(cells.variant, include.tolist(), strict=True) if keep})
-    for population in layout.populations:
+    for population in populations:
         for variant in variants:
             rows = include & np.array([v == variant for v in cells.variant], dtype=bool)
             if population == "tot":

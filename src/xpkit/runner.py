@@ -32,7 +32,6 @@ from xpkit.history import HISTORY_FILE, build_history
 from xpkit.metric import Metric
 from xpkit.planning import PowerPlan, plan
 from xpkit.readout import (
-    MomentsTable,
     assignment_counts,
     read_cells,
     read_history,
@@ -213,12 +212,13 @@ def run_experiment(
     if query is not None and cells is not None:
         assert query.layout is not None
         sql = query.sql
+        moments = read_moments(cells, query.layout)
         if history:
-            by_date = read_history(cells, query.layout)
+            # The scorecard's always-valid columns are ITT's: a history that is not written
+            # out is built for ITT only.
+            populations = query.layout.populations if keep_history else ("itt",)
+            by_date = read_history(cells, query.layout, populations)
             last = max(by_date) if by_date else None
-            moments = by_date[last] if last else MomentsTable({})
-        else:
-            moments = read_moments(cells, query.layout)
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
