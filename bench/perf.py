@@ -806,13 +806,14 @@ def print_report(r: dict[str, Any]) -> None:
         f"\n{r['members']:,} members: {r['fact_rows']:,} daily rows in the scanned dates "
         f"+ {r['assignment_rows']:,} assignment rows; memory limit {limit}"
     )
-    header = f"  {'':<22}{'median':>9}{'runs (s)':>26}{'cpu (s)':>9}{'peak RSS':>10}{'spill':>10}  rows scanned/s"
-    print(header)
+    print(
+        f"  {'':<22}{'median':>9}  {'runs (s)':<40}{'cpu (s)':>8}{'peak RSS':>10}{'spill':>10}  rows scanned/s"
+    )
     for label, key in (("(a) xpkit run", "xpkit"), ("(b) reference query", "reference")):
         s = r[key]
         runs = ", ".join(f"{x:.2f}" for x in s["seconds"])
         print(
-            f"  {label:<22}{s['median_seconds']:8.2f}s{runs:>26}{s['median_cpu_seconds']:9.1f}"
+            f"  {label:<22}{s['median_seconds']:8.2f}s  {runs:<40}{s['median_cpu_seconds']:8.1f}"
             f"{_gb(s['peak_rss_bytes']):>10}{_gb(s['peak_spill_bytes']):>10}  "
             f"{_rate(r['fact_rows'] + r['assignment_rows'], s['median_seconds'])}"
         )
