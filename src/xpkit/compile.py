@@ -150,9 +150,9 @@ class MomentsLayout:
     metrics: dict[str, MetricLayout]
     columns: tuple[str, ...]
     products: tuple[tuple[str, str], ...]
-    row_counts: dict[str, str] = field(default_factory=dict)  # output column -> source table
-    populations: tuple[str, ...] = ("itt",)  # "tot" too when exposure is configured
-    window_end: int = 0  # last day of the window: a cell's analysis date is assignment + this
+    row_counts: dict[str, str]  # output column -> source table
+    populations: tuple[str, ...]  # "itt", and "tot" when exposure is configured
+    window_end: int  # last day of the window: a cell's analysis date is assignment + this
 
     @staticmethod
     def shift_name(column: str) -> str:
@@ -264,8 +264,8 @@ def plan_columns(
     metrics: Sequence[type[Metric]],
     *,
     with_exposure: bool,
-    window: tuple[int, int] = (0, 6),
-    pre_window: tuple[int, int] = (-14, -1),
+    window: tuple[int, int],
+    pre_window: tuple[int, int],
 ) -> tuple[list[_SourceScan], dict[str, MetricLayout]]:
     """Group metrics by source and name every per-unit column each metric needs.
 
