@@ -21,7 +21,7 @@ from xpkit.compile import (
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
 from xpkit.engine import DuckDBEngine
-from xpkit.errors import DataError
+from xpkit.errors import DataError, MetricDefinitionError
 from xpkit.readout import assignment_counts, read_cells, read_history, read_moments
 
 
@@ -304,3 +304,24 @@ def test_history_comes_from_the_same_cells_and_its_last_day_equals_the_run(
         assert other.n == cell.n
         np.testing.assert_allclose(other.mean, cell.mean, rtol=1e-12)
         np.testing.assert_allclose(other.comoment, cell.comoment, rtol=1e-9, atol=1e-9)
+
+
+class PooledCapWatch(Metric):
+    source = Daily
+    expression = "SUM(watch)"
+    cap = "p99"
+
+
+@pytest.mark.parametrize("dialect", ["bigquery", "trino"])
+def test_percentile_caps_are_refused_where_no_exact_percentile_exists(dialect: str) -> None:
+    with pytest.raises(MetricDefinitionError, match=rf"\['pooled_cap_watch'\].*{dialect}"):
+        compile_moments(EXPERIMENT, [PooledCapWatch], AssignmentColumns(), DATES, dialect=dialect)
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "spark", "snowflake", "postgres"])
+def test_percentile_caps_print_an_exact_percentile(dialect: str) -> None:
+    sql = compile_moments(
+        EXPERIMENT, [PooledCapWatch], AssignmentColumns(), DATES, dialect=dialect
+    ).sql
+    tree = sqlglot.parse_one(sql, read=dialect)
+    assert tree.find(sqlglot.exp.PercentileCont, sqlglot.exp.Quantile) is not None

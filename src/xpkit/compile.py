@@ -32,6 +32,10 @@ DIALECTS: tuple[str, ...] = ("duckdb", "spark", "bigquery", "snowflake", "trino"
 # Dialects whose CTEs accept AS MATERIALIZED; elsewhere the hint is dropped and the engine
 # decides (Spark reuses the shared exchange).
 _MATERIALIZING_DIALECTS = {"duckdb", "postgres"}
+# Dialects without an exact percentile aggregate (BigQuery's PERCENTILE_CONT is a window
+# function only; Trino has approx_percentile alone): pooled percentile caps cannot be
+# written for them without changing the numbers.
+_NO_EXACT_PERCENTILE = {"bigquery", "trino"}
 
 SHIFT_PREFIX = "shift__"
 SUM_PREFIX = "sum__"
@@ -415,6 +419,14 @@ def compile_moments(
         window=experiment.window,
         pre_window=experiment.pre_window,
     )
+
+    percentile_capped = [m.name for m in metrics if m.cap_percentile is not None]
+    if percentile_capped and dialect in _NO_EXACT_PERCENTILE:
+        raise MetricDefinitionError(
+            f"metric(s) {percentile_capped} cap at a pooled percentile, which {dialect} has "
+            f"no exact aggregate for; give them a fixed cap (cap = 86400) to print "
+            f"{dialect} SQL, or print it for another dialect"
+        )
 
     unit_columns = []
     caps = []
