@@ -49,6 +49,7 @@ def edit_config(sample: Path, old: str, new: str) -> Path:
             "tables.engagement_daily: no file matches 'missing/engagement_daily.parquet'",
         ),
         ("[tables]", "[tables\n", "not valid TOML"),
+        ("[tables]", 'engine = "sparky"\n[tables]', "engine: Input should be 'duckdb' or 'spark'"),
         (
             "window = [0, 6]",
             "windw = [0, 6]",
@@ -194,3 +195,13 @@ def test_a_table_duckdb_cannot_read_names_table_and_location(tmp_path: Path) -> 
     location = str(tmp_path / "gone" / "daily.parquet")
     with pytest.raises(DataError, match=r"table 'daily': cannot read '.*gone/daily\.parquet'"):
         DuckDBEngine({"daily": location})
+
+
+def test_engine_flag_overrides_the_config_engine(sample_copy: Path) -> None:
+    # engine = "spark" in the config; --engine duckdb runs (and prints) on DuckDB, without
+    # touching Spark.
+    config = edit_config(sample_copy, "[tables]", 'engine = "spark"\n[tables]')
+    args = ["sql", "--config", str(config), "--experiment", "homepage_ranking_v2"]
+    result = invoke(*args, "--engine", "duckdb")
+    assert result.exit_code == 0, result.output
+    assert "DATE_DIFF('DAY'" in result.output  # DuckDB's spelling, not Spark's DATEDIFF

@@ -323,3 +323,19 @@ def test_sample_scorecards_match(
     # The day-by-day statistics behind the always-valid results come from the same statement.
     assert duck.history is not None and sparked.history is not None
     assert_same_table(duck.history, sparked.history, ignore=NOT_COMPARED)
+
+
+def test_config_engine_setting_runs_on_spark(spark: Any, sample_copy: Path) -> None:
+    """``engine = "spark"`` in the config: columns and dates are read through Spark, and
+    the SQL is printed in Spark's dialect unless --dialect says otherwise."""
+    from click.testing import CliRunner
+
+    from xpkit.cli import main
+
+    config = sample_copy / "experiments.toml"
+    config.write_text(config.read_text().replace("[tables]", 'engine = "spark"\n[tables]', 1))
+    args = ["sql", "--config", str(config), "--experiment", "homepage_ranking_v2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "DATEDIFF(DAY, u.assignment_date" in result.output  # Spark's spelling
+    assert "DATE_DIFF('DAY'" not in result.output

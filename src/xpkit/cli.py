@@ -59,10 +59,11 @@ def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricReg
 
 
 def _engine(
-    config: LoadedConfig, name: str, memory_limit: str | None, threads: int | None
+    config: LoadedConfig, name: str | None, memory_limit: str | None, threads: int | None
 ) -> Engine:
+    """The engine ``--engine`` names, else the config's ``engine`` setting."""
     return open_engine(
-        name,
+        name or config.run.engine,
         config.run.tables,
         database=config.run.database,
         memory_limit=memory_limit,
@@ -70,6 +71,13 @@ def _engine(
     )
 
 
+_engine_option = click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(["duckdb", "spark"]),
+    default=None,
+    help="Where the SQL runs (default: the config's engine setting, duckdb if unset).",
+)
 _config_option = click.option(
     "--config",
     "config_path",
@@ -109,7 +117,13 @@ def main() -> None:
 @main.command("sql")
 @click.argument("metrics", nargs=-1)
 @click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
-@click.option("--dialect", type=click.Choice(DIALECTS), default="duckdb", show_default=True)
+@click.option(
+    "--dialect",
+    type=click.Choice(DIALECTS),
+    default=None,
+    help="SQL dialect to print (default: the engine's, duckdb or spark).",
+)
+@_engine_option
 @_config_option
 @_metrics_dir_option
 @_as_of_option
@@ -117,15 +131,16 @@ def main() -> None:
 def sql_command(
     metrics: tuple[str, ...],
     experiment_id: str,
-    dialect: str,
+    dialect: str | None,
+    engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
     as_of: Any,
 ) -> int:
     """Print the exact SQL that computes METRICS for an experiment.
 
-    Without METRICS, every metric the experiment lists. Dates (first assignment, as-of)
-    are read from the configured data.
+    Without METRICS, every metric the experiment lists. Columns and dates (first
+    assignment, as-of) are read from the configured data, through the engine.
 
     \b
     Example:
@@ -133,7 +148,7 @@ def sql_command(
     """
     config = load_config(config_path)
     registry = _registry(config, metrics_dir)
-    engine = _engine(config, "duckdb", None, None)
+    engine = _engine(config, engine_name, None, None)
     try:
         query = compile_experiment(
             config,
@@ -167,13 +182,7 @@ def sql_command(
     is_flag=True,
     help="Keep effects of invalid experiments in the scorecard (still marked invalid).",
 )
-@click.option(
-    "--engine",
-    "engine_name",
-    type=click.Choice(["duckdb", "spark"]),
-    default="duckdb",
-    show_default=True,
-)
+@_engine_option
 @click.option(
     "--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (spills to disk beyond it)."
 )
@@ -198,7 +207,7 @@ def run_command(
     experiment_ids: tuple[str, ...],
     out_dir: Path,
     allow_invalid: bool,
-    engine_name: str,
+    engine_name: str | None,
     memory_limit: str | None,
     threads: int | None,
     run_date: Any,
@@ -252,7 +261,7 @@ def run_all(
     experiment_ids: list[str],
     out_dir: Path,
     *,
-    engine_name: str = "duckdb",
+    engine_name: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
     as_of: date | None = None,
@@ -302,6 +311,7 @@ def _percent(value: str) -> float:
     help="Relative minimum detectable effect (2% or 0.02).",
 )
 @click.option("--power", "power_level", default=0.8, show_default=True, type=float)
+@_engine_option
 @_config_option
 @_metrics_dir_option
 @_guard
@@ -310,6 +320,7 @@ def power_command(
     metric_name: str,
     mde: str,
     power_level: float,
+    engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
 ) -> int:
@@ -330,7 +341,7 @@ def power_command(
         raise click.BadParameter("must be between 0 and 1", param_hint="--power")
     config = load_config(config_path)
     registry = _registry(config, metrics_dir)
-    engine = _engine(config, "duckdb", None, None)
+    engine = _engine(config, engine_name, None, None)
     try:
         result = power_plan(
             config,

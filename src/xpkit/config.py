@@ -7,6 +7,7 @@ control that is not one of the variants, a path that does not exist — becomes 
 Example ``experiments.toml``::
 
     metrics_dir = "metrics"            # relative paths are relative to this file
+    engine = "duckdb"                  # or "spark"; --engine overrides it
 
     [tables]                           # logical table name -> Parquet path/glob or table
     experiment_assignments = "data/experiment_assignments.parquet"
@@ -191,6 +192,7 @@ class RunConfig(_Strict):
     tables: dict[str, str] = {}
     database: str | None = None
     metrics_dir: str | None = None
+    engine: Literal["duckdb", "spark"] = "duckdb"  # where the SQL runs
     assignments: AssignmentColumns = AssignmentColumns()
     exposures: ExposureLog | None = None
     experiment: list[ExperimentConfig] = Field(min_length=1)
