@@ -325,3 +325,36 @@ def test_percentile_caps_print_an_exact_percentile(dialect: str) -> None:
     ).sql
     tree = sqlglot.parse_one(sql, read=dialect)
     assert tree.find(sqlglot.exp.PercentileCont, sqlglot.exp.Quantile) is not None
+
+
+def test_a_null_variant_is_a_data_error_naming_it(tiny: DuckDBEngine, tmp_path: Path) -> None:
+    # A unit whose assignment rows carry no variant cannot be counted for SRM or analysed:
+    # the run stops with a message instead of filing it under a variant called "None".
+    con = duckdb.connect()
+    path = write_parquet(
+        con,
+        """SELECT * FROM (VALUES
+            ('exp''s "quoted" id', 1, 'control', TIMESTAMP '2024-01-10 08:00', TRUE),
+            ('exp''s "quoted" id', 2, NULL, TIMESTAMP '2024-01-10 09:00', TRUE)
+        ) AS t(experiment_id, member_id, variant, assignment_timestamp, exposed_flag)""",
+        tmp_path / "null_variant.parquet",
+    )
+    engine = DuckDBEngine(
+        {"experiment_assignments": str(path), "daily": str(tmp_path / "daily.parquet")}
+    )
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES)
+    with pytest.raises(DataError, match="the assignment table has rows with a NULL variant"):
+        read_cells(engine.query(query.sql), query.layout)
+
+
+def test_without_an_exposure_column_only_itt_is_read(tiny: DuckDBEngine) -> None:
+    query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(exposed=None), DATES)
+    cells = read_cells(tiny.query(query.sql), query.layout)
+    moments = read_moments(cells, query.layout)
+    assert {key.population for key in moments.cells} == {"itt"}
+    watch = moments.get("itt", "control", "watch")
+    assert watch.n == 2 and watch.mean_of("watch__value") == pytest.approx(15.0)
+    assert "exposed" not in watch.columns
+    counts = {(r["variant"], r["multi_variant"]): r for r in assignment_counts(cells)}
+    assert counts[("treatment", False)]["n_units"] == 3
+    assert all(r["n_exposed"] == 0 for r in counts.values())
