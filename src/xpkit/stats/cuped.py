@@ -29,11 +29,10 @@ _CONSTANT_RTOL = 1e-12
 _RCOND = 1e-10
 
 
-def pooled_theta(
-    control: Moments, treatment: Moments, value: str, covariates: Sequence[str]
-) -> np.ndarray:
-    """Regression coefficients of ``value`` on ``covariates`` within groups.
+def pooled_theta(c: Moments, t: Moments) -> np.ndarray:
+    """Regression coefficients of the first column on the others, within groups.
 
+    ``c`` and ``t`` are the control and treatment moments over ``(value, *covariates)``.
     ``theta = C_xx^+ C_xy`` with ``C = C_control + C_treatment`` the summed centred
     co-moments. Pooling *within*-group co-moments (not the co-moments of the merged sample,
     which would absorb the treatment effect) makes the adjusted difference equal the OLS
@@ -43,12 +42,6 @@ def pooled_theta(
     do not look collinear, by least squares with truncated small singular values; a
     constant covariate gets ``theta = 0`` instead of breaking the solve.
     """
-    columns = [value, *covariates]
-    return _pooled_theta(control.select(columns), treatment.select(columns))
-
-
-def _pooled_theta(c: Moments, t: Moments) -> np.ndarray:
-    """:func:`pooled_theta` of moments already restricted to ``(value, *covariates)``."""
     k = len(c.columns) - 1
     theta = np.zeros(k)
     if k == 0:
@@ -127,7 +120,7 @@ def regression_adjust(
     """
     columns = [value, *covariates]
     c, t = control.select(columns), treatment.select(columns)
-    theta = _pooled_theta(c, t)
+    theta = pooled_theta(c, t)
     n_c, n_t = control.n, treatment.n
     if n_c == 0 or n_t == 0:
         return Adjustment(tuple(theta.tolist()), *([NAN] * 9))
@@ -200,10 +193,33 @@ def cuped_test(
     extra["df"] = df
     extra["raw_mean_control"] = control.mean_of(value) if control.n else NAN
     extra["raw_mean_treatment"] = treatment.mean_of(value) if treatment.n else NAN
-    return build_effect(
+    return adjusted_effect(
+        adj,
         method="cuped",
         n_control=control.n,
         n_treatment=treatment.n,
+        alpha=alpha,
+        df=df,
+        extra=extra,
+    )
+
+
+def adjusted_effect(
+    adj: Adjustment,
+    *,
+    method: str,
+    n_control: int,
+    n_treatment: int,
+    alpha: float,
+    extra: dict[str, float],
+    df: float | None = None,
+) -> Effect:
+    """The Effect of a regression-adjusted difference: absolute and relative lift on the
+    adjusted means (t-based with ``df``, normal-based without)."""
+    return build_effect(
+        method=method,
+        n_control=n_control,
+        n_treatment=n_treatment,
         mean_control=adj.adjusted_mean_c,
         mean_treatment=adj.adjusted_mean_t,
         estimate=adj.estimate,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from xpkit.moments import Moments
-from xpkit.stats.cuped import adjustment_extra, regression_adjust
+from xpkit.stats.cuped import adjusted_effect, adjustment_extra, regression_adjust
 from xpkit.stats.effect import Effect
-from xpkit.stats.lift import NAN, build_effect, check_alpha, relative_lift, safe_div
+from xpkit.stats.lift import NAN, build_effect, check_alpha, safe_div
 
 LINEARISED = "__ratio_linearised__"
 
@@ -101,22 +101,6 @@ def ratio_test(
     extra["raw_ratio_control"] = float(lin_c.mean[0])
     extra["raw_ratio_treatment"] = float(lin_t.mean[0])
     extra["z"] = safe_div(adj.estimate, adj.se)
-    return build_effect(
-        method=method,
-        n_control=control.n,
-        n_treatment=treatment.n,
-        mean_control=adj.adjusted_mean_c,
-        mean_treatment=adj.adjusted_mean_t,
-        estimate=adj.estimate,
-        se=adj.se,
-        alpha=alpha,
-        relative=relative_lift(
-            adj.adjusted_mean_c,
-            adj.adjusted_mean_t,
-            adj.var_adjusted_mean_c,
-            adj.var_adjusted_mean_t,
-            adj.cov_adjusted_means,
-            alpha,
-        ),
-        extra=extra,
+    return adjusted_effect(
+        adj, method=method, n_control=control.n, n_treatment=treatment.n, alpha=alpha, extra=extra
     )
