@@ -22,34 +22,39 @@ import pyarrow as pa
 from xpkit.analysis import MetricInfo, estimate_effects
 from xpkit.config import ExperimentConfig
 from xpkit.readout import MomentsTable
+from xpkit.scorecard import SCORECARD_SCHEMA
 from xpkit.stats.effect import Effect
 from xpkit.stats.novelty import effect_trend
 from xpkit.stats.sequential import msprt, tau_from_mde
 
 HISTORY_FILE = "history.parquet"
 
+# The history's columns are the scorecard's, under the same names and types, plus the day
+# each row is as of and the mSPRT mixture scale.
 HISTORY_SCHEMA = pa.schema(
-    [
-        ("experiment_id", pa.string()),
-        ("run_date", pa.date32()),
-        ("analysis_date", pa.date32()),
-        ("population", pa.string()),
-        ("metric", pa.string()),
-        ("variant", pa.string()),
-        ("n_control", pa.int64()),
-        ("n_variant", pa.int64()),
-        ("method", pa.string()),
-        ("abs_effect", pa.float64()),
-        ("abs_se", pa.float64()),
-        ("abs_ci_low", pa.float64()),
-        ("abs_ci_high", pa.float64()),
-        ("rel_lift", pa.float64()),
-        ("p_value", pa.float64()),
-        ("always_valid_p_value", pa.float64()),
-        ("always_valid_ci_low", pa.float64()),
-        ("always_valid_ci_high", pa.float64()),
-        ("msprt_tau", pa.float64()),
+    [SCORECARD_SCHEMA.field(name) for name in ("experiment_id", "run_date")]
+    + [pa.field("analysis_date", pa.date32())]
+    + [
+        SCORECARD_SCHEMA.field(name)
+        for name in (
+            "population",
+            "metric",
+            "variant",
+            "n_control",
+            "n_variant",
+            "method",
+            "abs_effect",
+            "abs_se",
+            "abs_ci_low",
+            "abs_ci_high",
+            "rel_lift",
+            "p_value",
+            "always_valid_p_value",
+            "always_valid_ci_low",
+            "always_valid_ci_high",
+        )
     ]
+    + [pa.field("msprt_tau", pa.float64())]
 )
 
 

@@ -45,21 +45,6 @@ class MomentsTable:
     def variants(self, population: str) -> list[str]:
         return sorted({k.variant for k in self.cells if k.population == population})
 
-    def to_arrow(self) -> pa.Table:
-        """Long form: one row per cell with its columns, means and co-moments (as lists)."""
-        keys = sorted(self.cells, key=lambda k: (k.population, k.metric, k.variant))
-        return pa.table(
-            {
-                "population": [k.population for k in keys],
-                "variant": [k.variant for k in keys],
-                "metric": [k.metric for k in keys],
-                "n": [self.cells[k].n for k in keys],
-                "columns": [list(self.cells[k].columns) for k in keys],
-                "mean": [self.cells[k].mean.tolist() for k in keys],
-                "comoment": [self.cells[k].comoment.ravel().tolist() for k in keys],
-            }
-        )
-
 
 def _number(value: object) -> float:
     return 0.0 if value is None else float(value)
