@@ -1,0 +1,79 @@
+"""Digest of every table a run writes on the sample data, to prove a change moved no number.
+
+Generates the sample data (fixed seed), runs every sample experiment with its daily
+history on one thread (a fixed order of floating-point sums), and prints one SHA-256 per
+output table, over its rows in a canonical order with ``computed_at`` left out (the only
+column that differs between identical runs). Run it before and after a change and diff
+the two listings::
+
+    python bench/outputs_digest.py --work /tmp/before > before.txt
+    # ... change the code ...
+    python bench/outputs_digest.py --work /tmp/after > after.txt
+    diff before.txt after.txt && echo identical
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+VOLATILE = {"computed_at"}
+
+
+def table_digest(table: pa.Table) -> str:
+    """SHA-256 of a table's values (volatile columns dropped, rows sorted)."""
+    keep = [c for c in table.column_names if c not in VOLATILE]
+    rows = [tuple(repr(v) for v in row.values()) for row in table.select(keep).to_pylist()]
+    text = repr(keep) + "\n" + "\n".join(repr(r) for r in sorted(rows))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder")
+    parser.add_argument("--members", type=int, default=40_000)
+    args = parser.parse_args()
+    data = args.work / "data"
+    if not (data / "experiments.toml").exists():
+        subprocess.run(
+            ["xpkit", "sample-data", "--members", str(args.members), "--out", str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    out = args.work / "out"
+    subprocess.run(
+        [
+            "xpkit",
+            "run",
+            "--config",
+            str(data / "experiments.toml"),
+            "--out",
+            str(out),
+            "--history",
+            "--run-date",
+            "2026-01-31",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        check=False,  # exit 3 for the sample's deliberately invalid experiments
+    )
+    files = sorted(out.rglob("*.parquet"))
+    if not files:
+        print("no outputs written", file=sys.stderr)
+        return 1
+    for file in files:
+        table = pq.read_table(file, partitioning=None)
+        print(f"{table_digest(table)}  {table.num_rows:5d} rows  {file.relative_to(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
