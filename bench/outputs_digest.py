@@ -2,9 +2,10 @@
 
 Generates the sample data (fixed seed), runs every sample experiment with its daily
 history on one thread (a fixed order of floating-point sums), and prints one SHA-256 per
-output table, over its rows in a canonical order with ``computed_at`` left out (the only
-column that differs between identical runs). Run it before and after a change and diff
-the two listings::
+output column, over its values in a canonical row order (sorted by the key columns);
+``computed_at`` is left out (the only column that differs between identical runs). Run it
+before and after a change and diff the two listings: a changed number shows as a changed
+line, a new column as an added one::
 
     python bench/outputs_digest.py --work /tmp/before > before.txt
     # ... change the code ...
@@ -26,12 +27,19 @@ import pyarrow.parquet as pq
 VOLATILE = {"computed_at"}
 
 
-def table_digest(table: pa.Table) -> str:
-    """SHA-256 of a table's values (volatile columns dropped, rows sorted)."""
-    keep = [c for c in table.column_names if c not in VOLATILE]
-    rows = [tuple(repr(v) for v in row.values()) for row in table.select(keep).to_pylist()]
-    text = repr(keep) + "\n" + "\n".join(repr(r) for r in sorted(rows))
-    return hashlib.sha256(text.encode()).hexdigest()
+KEYS = ("experiment_id", "run_date", "analysis_date", "population", "metric", "variant", "name")
+
+
+def column_digests(table: pa.Table) -> dict[str, str]:
+    """SHA-256 of each column's values, rows ordered by the key columns present."""
+    rows = table.to_pylist()
+    keys = [k for k in KEYS if k in table.column_names]
+    rows.sort(key=lambda r: tuple(repr(r[k]) for k in keys))
+    return {
+        name: hashlib.sha256(repr([r[name] for r in rows]).encode()).hexdigest()
+        for name in table.column_names
+        if name not in VOLATILE
+    }
 
 
 def main() -> int:
@@ -71,7 +79,8 @@ def main() -> int:
         return 1
     for file in files:
         table = pq.read_table(file, partitioning=None)
-        print(f"{table_digest(table)}  {table.num_rows:5d} rows  {file.relative_to(out)}")
+        for name, digest in sorted(column_digests(table).items()):
+            print(f"{digest[:16]}  {table.num_rows:5d} rows  {file.relative_to(out)}  {name}")
     return 0
 
 

@@ -411,9 +411,9 @@ def worker_xpkit(folder: Path, memory_limit: str | None, threads: int | None) ->
     started = time.perf_counter()
     import pyarrow as pa
 
-    from xpkit.cli import run_all
     from xpkit.config import load_config
-    from xpkit.registry import load_metrics
+    from xpkit.define.registry import load_metrics
+    from xpkit.runner import run_all
 
     # pyarrow imports pandas the first time it converts Python dates (the scorecard's
     # run_date): a one-off cost of the process, counted with the imports, not the run.
@@ -452,9 +452,9 @@ def worker_xpkit(folder: Path, memory_limit: str | None, threads: int | None) ->
 def worker_check(folder: Path, memory_limit: str | None, threads: int | None) -> dict[str, Any]:
     """xpkit's moments statement and the reference, side by side (untimed)."""
     from xpkit.config import load_config
-    from xpkit.engine import open_engine
+    from xpkit.define.registry import load_metrics
+    from xpkit.engines import open_engine
     from xpkit.readout import read_cells, read_moments
-    from xpkit.registry import load_metrics
     from xpkit.runner import compile_experiment
 
     config = load_config(folder / "bench-experiments.toml")
@@ -478,7 +478,7 @@ def worker_check(folder: Path, memory_limit: str | None, threads: int | None) ->
             "mean": m.mean.tolist(),
             "comoment": m.comoment.tolist(),
         }
-        for key, m in moments.cells.items()
+        for key, m in moments.by_key.items()
     }
     con = _connect(memory_limit, threads)
     rows = _reference_rows(con, reference_sql(folder))
@@ -536,8 +536,8 @@ def worker_explain(folder: Path, memory_limit: str | None, threads: int | None) 
     import pyarrow as pa
 
     from xpkit.config import load_config
-    from xpkit.engine import DuckDBEngine
-    from xpkit.registry import load_metrics
+    from xpkit.define.registry import load_metrics
+    from xpkit.engines.duckdb import DuckDBEngine
     from xpkit.runner import run_experiment
 
     recorded: list[str] = []
@@ -794,7 +794,7 @@ def bench_size(
         "scorecards_agree": scorecard_ok,
         "max_mean_rel": max([moments.max_mean_rel] + [s.max_mean_rel for s in scorecards]),
         "max_comoment_rel": moments.max_comoment_rel,
-        "cells": moments.cells,
+        "cells": moments.by_key,
     }
     print_report(report)
     return report

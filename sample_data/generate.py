@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -42,6 +40,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from xpkit.files import atomic_path
 
 GENERATOR_VERSION = "1.0"
 
@@ -606,17 +606,6 @@ class _RowGroupWriter:
             self._writer.close()
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path that replaces ``path`` only if the block completes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --- truth ------------------------------------------------------------------------------
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den != 0 else None
@@ -694,7 +683,7 @@ def generate(
     counts = _Counts()
     blocks: list[_Block] = []
     n_blocks = math.ceil(members / MEMBER_BLOCK)
-    with _atomic(out_dir / ASSIGNMENTS_FILE) as tmp:
+    with atomic_path(out_dir / ASSIGNMENTS_FILE) as tmp:
         writer = _RowGroupWriter(tmp, ASSIGNMENTS_SCHEMA, row_group_size)
         try:
             for b in range(n_blocks):
@@ -709,7 +698,7 @@ def generate(
     # Day-major order puts the file in (date, member_id) order, so row-group min/max
     # statistics on `date` are narrow and a date-range filter skips most of the file.
     truth = _TruthSums()
-    with _atomic(out_dir / DAILY_FILE) as tmp:
+    with atomic_path(out_dir / DAILY_FILE) as tmp:
         writer = _RowGroupWriter(tmp, DAILY_SCHEMA, row_group_size)
         try:
             for day in range(N_DAYS):
@@ -781,9 +770,21 @@ def generate(
         ],
         experiments=experiments,
     )
-    with _atomic(out_dir / MANIFEST_FILE) as tmp:
+    with atomic_path(out_dir / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return manifest
+
+
+def write_sample(out_dir: Path, *, members: int, seed: int) -> Path:
+    """Generate data into ``out_dir`` and put the sample experiments.toml beside it."""
+    import importlib.resources
+    import shutil
+
+    generate(out_dir, members=members, seed=seed)
+    template = importlib.resources.files("xpkit.sample_data").joinpath("experiments.toml")
+    config = out_dir / "experiments.toml"
+    shutil.copyfile(str(template), config)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def write_parquet(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample data at a small size plus the sample experiments.toml beside it."""
-    from xpkit.cli import write_sample
+    from xpkit.sample_data.generate import write_sample
 
     out = tmp_path_factory.mktemp("sample")
     write_sample(out, members=40_000, seed=7)

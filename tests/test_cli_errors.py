@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from xpkit.cli import main
 from xpkit.config import load_config
-from xpkit.engine import DuckDBEngine
+from xpkit.engines.duckdb import DuckDBEngine
 from xpkit.errors import DataError
 
 

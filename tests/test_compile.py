@@ -20,7 +20,7 @@ from xpkit.compile import (
     compile_moments,
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
-from xpkit.engine import DuckDBEngine
+from xpkit.engines.duckdb import DuckDBEngine
 from xpkit.errors import DataError, MetricDefinitionError
 from xpkit.readout import assignment_counts, read_cells, read_history, read_moments
 
@@ -166,20 +166,16 @@ def test_assignment_health_counts(tiny: DuckDBEngine) -> None:
     # The same statement as the moments: its cells add up to the counts per variant bucket.
     query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES)
     counts = assignment_counts(read_cells(tiny.query(query.sql), query.layout))
-    rows = {(r["variant"], r["multi_variant"]): r for r in counts}
-    assert set(rows) == {("control", False), ("treatment", False), (None, True)}
-    control, treatment, multi = (
-        rows[("control", False)],
-        rows[("treatment", False)],
-        rows[(None, True)],
-    )
-    assert (control["n_units"], control["n_rows"], control["n_exposed"]) == (2, 2, 1)
-    assert control["n_complete"] == 2
-    assert (treatment["n_units"], treatment["n_rows"], treatment["n_duplicate_rows"]) == (3, 4, 1)
-    assert (treatment["n_exposed"], treatment["n_complete"]) == (2, 2)  # units 3, 5; 3, 4
-    assert treatment["first_assignment_date"] == date(2024, 1, 10)
-    assert treatment["last_assignment_date"] == date(2024, 1, 13)
-    assert (multi["n_units"], multi["n_rows"], multi["n_exposed"]) == (1, 2, 1)
+    rows = {r.variant: r for r in counts}
+    assert set(rows) == {"control", "treatment", None}  # None: units in several variants
+    control, treatment, multi = rows["control"], rows["treatment"], rows[None]
+    assert (control.n_units, control.n_rows, control.n_exposed) == (2, 2, 1)
+    assert control.n_complete == 2
+    assert (treatment.n_units, treatment.n_rows, treatment.n_duplicate_rows) == (3, 4, 1)
+    assert (treatment.n_exposed, treatment.n_complete) == (2, 2)  # units 3, 5; 3, 4
+    assert treatment.first_assignment_date == date(2024, 1, 10)
+    assert treatment.last_assignment_date == date(2024, 1, 13)
+    assert (multi.n_units, multi.n_rows, multi.n_exposed) == (1, 2, 1)
 
 
 def test_bounds(tiny: DuckDBEngine) -> None:
@@ -195,8 +191,10 @@ def test_every_dialect_parses_back(dialect: str) -> None:
     sql = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(), DATES, dialect=dialect).sql
     tree = sqlglot.parse_one(sql, read=dialect)
     assert tree.find(sqlglot.exp.Select) is not None
-    # The experiment id is a quoted literal in every dialect, never pasted as SQL.
-    assert "exp" in sql and "DROP" not in sql.upper()
+    # The experiment id is one string literal in every dialect, never pasted as SQL: parsed
+    # back, the statement holds a literal equal to the id, character for character.
+    literals = [lit.this for lit in tree.find_all(sqlglot.exp.Literal) if lit.is_string]
+    assert EXPERIMENT.id in literals
 
 
 def test_one_scan_per_source() -> None:
@@ -299,8 +297,8 @@ def test_history_comes_from_the_same_cells_and_its_last_day_equals_the_run(
     assert history[date(2024, 1, 13)].get("itt", "treatment", "watch").n == 1
     final = run(tiny)
     last = history[date(2024, 1, 14)]
-    for key, cell in final.cells.items():
-        other = last.cells[key]
+    for key, cell in final.by_key.items():
+        other = last.by_key[key]
         assert other.n == cell.n
         np.testing.assert_allclose(other.mean, cell.mean, rtol=1e-12)
         np.testing.assert_allclose(other.comoment, cell.comoment, rtol=1e-9, atol=1e-9)
@@ -351,10 +349,10 @@ def test_without_an_exposure_column_only_itt_is_read(tiny: DuckDBEngine) -> None
     query = compile_moments(EXPERIMENT, METRICS, AssignmentColumns(exposed=None), DATES)
     cells = read_cells(tiny.query(query.sql), query.layout)
     moments = read_moments(cells, query.layout)
-    assert {key.population for key in moments.cells} == {"itt"}
+    assert {key.population for key in moments.by_key} == {"itt"}
     watch = moments.get("itt", "control", "watch")
     assert watch.n == 2 and watch.mean_of("watch__value") == pytest.approx(15.0)
     assert "exposed" not in watch.columns
-    counts = {(r["variant"], r["multi_variant"]): r for r in assignment_counts(cells)}
-    assert counts[("treatment", False)]["n_units"] == 3
-    assert all(r["n_exposed"] == 0 for r in counts.values())
+    counts = {r.variant: r for r in assignment_counts(cells)}
+    assert counts["treatment"].n_units == 3
+    assert all(r.n_exposed == 0 for r in counts.values())

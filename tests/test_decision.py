@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpkit.analysis import MetricInfo, analyse
-from xpkit.compile import MetricLayout
 from xpkit.config import ExperimentConfig, GuardrailConfig
-from xpkit.decision import decide
-from xpkit.health import Check
+from xpkit.decide.analysis import MetricInfo, analyse
+from xpkit.decide.decision import decide
+from xpkit.decide.health import Check
+from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
 from xpkit.readout import MomentsKey, MomentsTable
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from xpkit.cli import main
 from xpkit.config import load_config
-from xpkit.engine import DuckDBEngine
-from xpkit.registry import load_metrics
+from xpkit.define.registry import load_metrics
+from xpkit.engines.duckdb import DuckDBEngine
 from xpkit.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,32 +110,31 @@ def test_run_history_writes_and_show_prints_it(sample_dir: Path, tmp_path: Path)
 def test_novelty_verdict_from_cumulative_history() -> None:
     """Daily increments recovered from a cumulative series reveal a fading effect."""
     import numpy as np
-    import pyarrow as pa
 
-    from xpkit.history import HISTORY_SCHEMA, daily_increments
+    from xpkit.decide.history import daily_trend
+    from xpkit.stats.effect import Effect
     from xpkit.stats.novelty import DECLINING, NO_TREND
 
-    def table(increments: list[float]) -> pa.Table:
+    def series(increments: list[float]) -> list[Effect]:
         se_day = 0.05
         w = np.cumsum(np.full(len(increments), 1 / se_day**2))
         est = np.cumsum(np.array(increments) / se_day**2) / w
-        rows = [
-            {
-                "population": "itt",
-                "metric": "m",
-                "variant": "t",
-                "analysis_date": date(2024, 1, k + 1),
-                "abs_effect": float(est[k]),
-                "abs_se": float(1 / np.sqrt(w[k])),
-            }
+        nan = float("nan")
+        return [
+            Effect(
+                method="welch", n_control=100 * (k + 1), n_treatment=100 * (k + 1),
+                mean_control=1.0, mean_treatment=1.0 + float(est[k]),
+                abs_effect=float(est[k]), abs_se=float(1 / np.sqrt(w[k])),
+                abs_ci_low=nan, abs_ci_high=nan, rel_lift=None, rel_se=None,
+                rel_ci_low=None, rel_ci_high=None, p_value=nan, alpha=0.05,
+            )  # fmt: skip
             for k in range(len(increments))
         ]
-        return pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
 
     fading = [1.0 - 0.08 * k for k in range(12)]
-    assert daily_increments(table(fading), "itt", "m", "t") == DECLINING
+    assert daily_trend(series(fading)) == DECLINING
     flat = [0.5 + 0.01 * (-1) ** k for k in range(12)]
-    assert daily_increments(table(flat), "itt", "m", "t") == NO_TREND
+    assert daily_trend(series(flat)) == NO_TREND
 
 
 def test_history_rows_are_exactly_the_full_analysis_of_each_day() -> None:
@@ -146,10 +145,11 @@ def test_history_rows_are_exactly_the_full_analysis_of_each_day() -> None:
 
     import numpy as np
 
-    from xpkit.analysis import MetricInfo, analyse
-    from xpkit.compile import MetricLayout
     from xpkit.config import ExperimentConfig, GuardrailConfig
-    from xpkit.history import build_history
+    from xpkit.decide.analysis import MetricInfo, analyse
+    from xpkit.decide.history import build_history
+    from xpkit.output.tables import build_history_table
+    from xpkit.layout import MetricLayout
     from xpkit.moments import Moments
     from xpkit.readout import MomentsKey, MomentsTable
     from xpkit.stats.sequential import msprt, tau_from_mde
@@ -221,7 +221,8 @@ def test_history_rows_are_exactly_the_full_analysis_of_each_day() -> None:
                     )
         by_date[date(2024, 1, k)] = MomentsTable(cells)
 
-    history = build_history(experiment, metrics, by_date, date(2024, 2, 1)).to_pylist()
+    series = build_history(experiment, metrics, by_date)
+    history = build_history_table("sim", date(2024, 2, 1), series).to_pylist()
     full = {
         (day, r.population, r.metric, r.variant): r.effect
         for day, table in by_date.items()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from xpkit import Metric, Source
+from xpkit.define.metric import snake_case
 from xpkit.errors import MetricDefinitionError
-from xpkit.metric import snake_case
 
 
 class Events(Source):

@@ -10,12 +10,19 @@ from click.testing import CliRunner
 from statsmodels.stats.power import NormalIndPower
 
 from xpkit.cli import main
-from xpkit.compile import MetricLayout
+from xpkit.decide.planning import plan, variance_reduction
 from xpkit.errors import BadInputError
+from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
-from xpkit.planning import plan, variance_reduction
 
-LAYOUT = MetricLayout("m", "mean", "m__value", covariates=("m__pre", "src__has_history"))
+LAYOUT = MetricLayout(
+    "m",
+    "mean",
+    "m__value",
+    covariates=("m__pre", "src__has_history"),
+    pre_value="m__pre",
+    has_history="src__has_history",
+)
 
 
 def sample(rng: np.random.Generator, n: int) -> Moments:

@@ -25,10 +25,11 @@ from tests.test_compile import DATES, EXPERIMENT, METRICS, Daily, tiny  # noqa: 
 from xpkit import Metric
 from xpkit.compile import compile_bounds, compile_moments
 from xpkit.config import AssignmentColumns, LoadedConfig, load_config
-from xpkit.engine import DuckDBEngine, Engine, open_engine
+from xpkit.define.registry import MetricRegistry, load_metrics
+from xpkit.engines import Engine, open_engine
+from xpkit.engines.duckdb import DuckDBEngine
 from xpkit.errors import DataError
 from xpkit.readout import MomentsTable, assignment_counts, read_cells, read_moments
-from xpkit.registry import MetricRegistry, load_metrics
 from xpkit.runner import compile_experiment, run_experiment
 
 pytestmark = [
@@ -134,9 +135,9 @@ def assert_same_table(
 
 def assert_same_moments(expected: MomentsTable, actual: MomentsTable) -> None:
     """n, means and co-moments of every (population, variant, metric) cell."""
-    assert actual.cells.keys() == expected.cells.keys()
-    for key, want in expected.cells.items():
-        got = actual.cells[key]
+    assert actual.by_key.keys() == expected.by_key.keys()
+    for key, want in expected.by_key.items():
+        got = actual.by_key[key]
         assert got.n == want.n, key
         assert got.columns == want.columns, key
         np.testing.assert_allclose(got.mean, want.mean, rtol=RTOL, atol=0, err_msg=str(key))
@@ -204,7 +205,7 @@ def test_tiny_bounds_match(tiny: DuckDBEngine, tiny_spark: Engine) -> None:  # n
 def test_missing_tables_and_columns_are_data_errors(
     spark: Any, tiny_tables: Mapping[str, str], tmp_path: Path
 ) -> None:
-    from xpkit.spark_engine import SparkEngine
+    from xpkit.engines.spark import SparkEngine
 
     with SparkEngine(tiny_tables, session=spark) as engine:
         assert engine.columns("daily") == ["member_id", "date", "watch", "sessions", "device"]
@@ -220,7 +221,7 @@ def test_missing_tables_and_columns_are_data_errors(
 def test_a_session_it_was_handed_is_left_as_it_was(
     spark: Any, tiny_tables: Mapping[str, str]
 ) -> None:
-    from xpkit.spark_engine import SparkEngine
+    from xpkit.engines.spark import SparkEngine
 
     spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
     try:
@@ -270,7 +271,7 @@ class Remembering:
 
 @pytest.fixture(scope="module")
 def engines(spark: Any, sample: tuple[LoadedConfig, MetricRegistry]) -> Iterator[Sequence[Engine]]:
-    from xpkit.spark_engine import SparkEngine
+    from xpkit.engines.spark import SparkEngine
 
     config, _ = sample
     pair = (
@@ -297,7 +298,7 @@ def test_sample_sufficient_statistics_match(
         cells = read_cells(engine.query(query.sql), query.layout)
         moments.append((read_moments(cells, query.layout), assignment_counts(cells)))
     (duck, duck_counts), (sparked, spark_counts) = moments
-    assert duck.cells
+    assert duck.by_key
     assert_same_moments(duck, sparked)
     assert duck_counts == spark_counts
 

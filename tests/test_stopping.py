@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from xpkit.cli import main
 from xpkit.config import ExperimentConfig
+from xpkit.decide.stopping import PrimaryLook, stopping_verdict
 from xpkit.stats.effect import Effect
-from xpkit.stopping import PrimaryLook, stopping_verdict
 
 
 def effect(z: float) -> Effect:

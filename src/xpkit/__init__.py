@@ -1,6 +1,6 @@
 """xpkit: a SQL-first metrics repository and decision engine for online experiments."""
 
-from xpkit.metric import Metric, Source
+from xpkit.define.metric import Metric, Source
 
 __version__ = "0.1.0"
 

@@ -7,11 +7,9 @@ Exit codes: 0 ok; 1 internal error; 2 bad input (config, metric, missing table/c
 from __future__ import annotations
 
 import functools
-import shutil
 import sys
 import traceback
 from collections.abc import Callable
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +18,13 @@ import click
 from xpkit import __version__
 from xpkit.compile import DIALECTS
 from xpkit.config import LoadedConfig, load_config
-from xpkit.engine import Engine, open_engine
+from xpkit.define.registry import MetricRegistry, load_metrics
+from xpkit.engines import Engine, open_engine
 from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
-from xpkit.history import HISTORY_FILE
-from xpkit.registry import MetricRegistry, load_metrics
-from xpkit.render import render_history, render_scorecard
-from xpkit.runner import ExperimentRun, compile_experiment, run_experiment, write_run
-from xpkit.scorecard import CHECKS_FILE, find_scorecards, read_table, recorded_fractions
+from xpkit.output.schemas import CHECKS_FILE, HISTORY_FILE
+from xpkit.output.storage import find_scorecards, read_table
+from xpkit.output.terminal import render_history, render_plan, render_scorecard
+from xpkit.runner import compile_experiment, run_all
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -255,42 +253,6 @@ def run_command(
     return EXIT_OK
 
 
-def run_all(
-    config: LoadedConfig,
-    registry: MetricRegistry,
-    experiment_ids: list[str],
-    out_dir: Path,
-    *,
-    engine_name: str | None = None,
-    memory_limit: str | None = None,
-    threads: int | None = None,
-    as_of: date | None = None,
-    run_date: date | None = None,
-    allow_invalid: bool = False,
-    history: bool = False,
-) -> list[ExperimentRun]:
-    engine = _engine(config, engine_name, memory_limit, threads)
-    try:
-        runs = []
-        filed = run_date or datetime.now(UTC).date()
-        for experiment_id in experiment_ids:
-            run = run_experiment(
-                config,
-                registry,
-                experiment_id,
-                engine,
-                as_of=as_of,
-                run_date=run_date,
-                allow_invalid=allow_invalid,
-                history=history,
-                past_fractions=recorded_fractions(out_dir, experiment_id, filed),
-            )
-            runs.append(write_run(run, out_dir))
-        return runs
-    finally:
-        engine.close()
-
-
 def _percent(value: str) -> float:
     text = value.strip()
     try:
@@ -333,8 +295,7 @@ def power_command(
     Example:
       xpkit power --experiment homepage_ranking_v2 --metric watch_seconds --mde 2%
     """
-    from xpkit.planning import render_plan
-    from xpkit.runner import power_plan
+    from xpkit.planner import power_plan
 
     mde_relative = _percent(mde)
     if not 0 < power_level < 1:
@@ -393,24 +354,13 @@ def sample_data_command(members: int, seed: int, out_dir: Path) -> int:
     Example:
       xpkit sample-data --members 1000000 --seed 7 --out data/
     """
-    write_sample(out_dir, members=members, seed=seed)
-    click.echo(f"wrote sample data for {members} members to {out_dir}")
-    return EXIT_OK
-
-
-def write_sample(out_dir: Path, *, members: int, seed: int) -> Path:
-    """Generate data into ``out_dir`` and put the sample experiments.toml beside it."""
-    import importlib.resources
-
-    from xpkit.sample_data.generate import generate
+    from xpkit.sample_data.generate import write_sample
 
     if members < 100:
         raise click.BadParameter("must be at least 100", param_hint="--members")
-    generate(out_dir, members=members, seed=seed)
-    template = importlib.resources.files("xpkit.sample_data").joinpath("experiments.toml")
-    config = out_dir / "experiments.toml"
-    shutil.copyfile(str(template), config)
-    return config
+    write_sample(out_dir, members=members, seed=seed)
+    click.echo(f"wrote sample data for {members} members to {out_dir}")
+    return EXIT_OK
 
 
 @main.command("demo")
@@ -439,6 +389,8 @@ def demo_command(demo_dir: Path, members: int) -> int:
         fresh = json.loads(manifest.read_text()).get("members") != members
     if fresh:
         click.echo(f"generating sample data ({members} members) in {demo_dir} ...")
+        from xpkit.sample_data.generate import write_sample
+
         write_sample(demo_dir, members=members, seed=7)
     else:
         click.echo(f"reusing sample data in {demo_dir}")

@@ -34,9 +34,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xpkit.errors import ConfigError
+from xpkit.locations import is_file_location, is_remote
 
 Population = Literal["itt", "tot"]
-Dialect = Literal["duckdb", "spark", "bigquery", "snowflake", "trino", "postgres"]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
@@ -276,7 +276,7 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
     """Make relative paths relative to the config file and check that they exist."""
     tables: dict[str, str] = {}
     for name, location in run.tables.items():
-        if not _looks_like_path(location) or _is_url(location):
+        if not is_file_location(location, base) or is_remote(location):
             # A table inside the database, or a remote location (s3a://, gs://, hdfs://...)
             # that only the engine can see: kept as written, checked when it is read.
             tables[name] = location
@@ -300,13 +300,3 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
     return run.model_copy(
         update={"tables": tables, "database": database, "metrics_dir": metrics_dir}
     )
-
-
-def _is_url(location: str) -> bool:
-    """``scheme://...``: object stores and cluster filesystems, not the local disk."""
-    scheme, sep, _ = location.partition("://")
-    return bool(sep) and scheme.replace("+", "").isalnum() and len(scheme) > 1
-
-
-def _looks_like_path(location: str) -> bool:
-    return any(ch in location for ch in "/\\*") or location.endswith((".parquet", ".csv"))

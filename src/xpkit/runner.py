@@ -6,15 +6,15 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
 
 from xpkit import __version__
-from xpkit.analysis import MetricInfo, analyse
 from xpkit.compile import (
     CompiledQuery,
     ExperimentDates,
@@ -23,36 +23,31 @@ from xpkit.compile import (
     compile_exposure_health,
     compile_moments,
 )
-from xpkit.config import ExperimentConfig, LoadedConfig
-from xpkit.decision import decide
-from xpkit.engine import Engine
+from xpkit.config import LoadedConfig
+from xpkit.decide.analysis import MetricInfo, analyse
+from xpkit.decide.decision import decide
+from xpkit.decide.health import exposure_checks, failed_gates, run_checks, sample_checks
+from xpkit.decide.history import AlwaysValid, build_history, last_looks
+from xpkit.decide.stopping import primary_looks, stopping_verdict
+from xpkit.define.metric import Metric
+from xpkit.define.registry import MetricRegistry
+from xpkit.engines import Engine, open_engine
 from xpkit.errors import ConfigError, DataError, MetricDefinitionError
-from xpkit.health import AssignmentSummary, Check, exposure_checks, failed_gates, run_checks
-from xpkit.history import HISTORY_FILE, build_history
-from xpkit.metric import Metric
-from xpkit.planning import PowerPlan, plan
-from xpkit.readout import (
-    assignment_counts,
-    read_cells,
-    read_history,
-    read_moments,
-)
-from xpkit.registry import MetricRegistry
-from xpkit.scorecard import (
-    CHECKS_FILE,
-    SCORECARD_FILE,
+from xpkit.output.schemas import CHECKS_FILE, HISTORY_FILE, SCORECARD_FILE
+from xpkit.output.storage import recorded_fractions, write_tables
+from xpkit.output.tables import (
     Provenance,
     build_checks,
+    build_history_table,
     build_scorecard,
-    output_dir,
-    write_atomic,
 )
-from xpkit.stopping import primary_looks, stopping_verdict
+from xpkit.readout import assignment_counts, read_cells, read_history, read_moments
 
 
 @dataclass(frozen=True)
 class ExperimentRun:
     experiment_id: str
+    run_date: date
     scorecard: pa.Table
     checks: pa.Table
     valid: bool
@@ -190,11 +185,7 @@ def run_experiment(
         query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
         assert query.layout is not None
         cells = read_cells(engine.query(query.sql), query.layout)
-    summary = (
-        [AssignmentSummary.from_row(r) for r in assignment_counts(cells)]
-        if cells is not None
-        else []
-    )
+    summary = assignment_counts(cells) if cells is not None else []
     checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
     exposure_counts = None
     if config.run.exposures is not None:
@@ -206,7 +197,7 @@ def run_experiment(
     infos: dict[str, MetricInfo] = {}
     results = []
     history_table = None
-    always_valid: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
+    always_valid: dict[tuple[str, str], AlwaysValid] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
     if query is not None and cells is not None:
@@ -218,7 +209,6 @@ def run_experiment(
             # out is built for ITT only.
             populations = query.layout.populations if keep_history else ("itt",)
             by_date = read_history(cells, query.layout, populations)
-            last = max(by_date) if by_date else None
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
@@ -227,28 +217,18 @@ def run_experiment(
         }
         results = analyse(experiment, infos, moments)
         if history:
-            history_table = build_history(experiment, infos, by_date, run_date)
-            last_rows = [
-                r
-                for r in history_table.to_pylist()
-                if r["population"] == "itt" and r["analysis_date"] == last
-            ]
-            always_valid = {
-                (r["metric"], r["variant"]): (
-                    r["always_valid_p_value"],
-                    r["always_valid_ci_low"],
-                    r["always_valid_ci_high"],
-                )
-                for r in last_rows
-            }
-        checks += _sample_checks(experiment, moments.variants("itt"))
+            series = build_history(experiment, infos, by_date)
+            always_valid = last_looks(series, "itt")
+            if keep_history:
+                history_table = build_history_table(experiment.id, run_date, series)
+        checks += sample_checks(experiment, moments.variants("itt"))
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
     n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
     n_control = next((r.effect.n_control for r in results if r.population == "itt"), 0)
     smallest = min([n_control, *n_by_variant.values()]) if results else 0
     n_total = n_control + sum(n_by_variant.values())
     higher = {name: info.higher_is_better for name, info in infos.items()}
-    av_p = {key: value[0] for key, value in always_valid.items() if value[0] is not None}
+    av_p = {key: look.p_value for key, look in always_valid.items() if not math.isnan(look.p_value)}
     verdicts = {
         variant: stopping_verdict(
             experiment,
@@ -291,95 +271,62 @@ def run_experiment(
     )
     return ExperimentRun(
         experiment_id=experiment.id,
+        run_date=run_date,
         scorecard=scorecard,
         checks=build_checks(experiment.id, run_date, checks),
         valid=not failed_gates(checks),
         sql=sql,
-        history=history_table if keep_history else None,
+        history=history_table,
     )
-
-
-def _sample_checks(experiment: ExperimentConfig, variants: list[str]) -> list[Check]:
-    """Every configured variant must have analysable units once windows are applied."""
-    missing = [v for v in experiment.weights if v not in variants]
-    if not missing:
-        return []
-    return [
-        Check(
-            "variants_with_complete_windows",
-            float(len(missing)),
-            0,
-            False,
-            True,
-            f"no unit with a complete window in variant(s) {missing}: nothing to compare yet",
-        )
-    ]
 
 
 def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
-    run_date = (
-        run.scorecard.column("run_date")[0].as_py()
-        if run.scorecard.num_rows
-        else (run.checks.column("run_date")[0].as_py())
-    )
-    folder = output_dir(out, run.experiment_id, run_date)
-    write_atomic(run.scorecard, folder / SCORECARD_FILE)
-    write_atomic(run.checks, folder / CHECKS_FILE)
-    paths = [folder / SCORECARD_FILE, folder / CHECKS_FILE]
+    """Publish a run's tables under ``out``; the returned run knows the paths written."""
+    tables = {SCORECARD_FILE: run.scorecard, CHECKS_FILE: run.checks}
     if run.history is not None:
-        write_atomic(run.history, folder / HISTORY_FILE)
-        paths.append(folder / HISTORY_FILE)
+        tables[HISTORY_FILE] = run.history
+    paths = write_tables(out, run.experiment_id, run.run_date, tables)
     return replace(run, paths=tuple(paths))
 
 
-def power_plan(
+def run_all(
     config: LoadedConfig,
     registry: MetricRegistry,
-    experiment_id: str,
-    metric_name: str,
-    engine: Engine,
+    experiment_ids: Sequence[str],
+    out_dir: Path,
     *,
-    mde_relative: float,
-    power: float = 0.8,
-) -> PowerPlan:
-    """Plan sample size for ``metric_name`` from the experiment's data, with the same SQL."""
-    experiment = config.experiment(experiment_id)
-    # A pre-period as long as the analysis window, so the pre-period variance is on the
-    # scale of the metric being planned (a 14-day sum varies more than a 7-day one).
-    length = experiment.window[1] - experiment.window[0] + 1
-    experiment = experiment.model_copy(update={"pre_window": (-length, -1)})
-    metrics = resolve_metrics(config, registry, experiment_id, [metric_name])
-    check_schema(config, metrics, engine)
-    dates = resolve_dates(config, metrics, experiment_id, engine)
-    if dates is None:
-        raise DataError(f"experiment {experiment_id!r}: no assignments to plan from")
-    query = compile_moments(
-        experiment, metrics, config.run.assignments, dates, dialect=engine.dialect
+    engine_name: str | None = None,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+    as_of: date | None = None,
+    run_date: date | None = None,
+    allow_invalid: bool = False,
+    history: bool = False,
+) -> list[ExperimentRun]:
+    """Run and publish each experiment in turn on one engine (``--engine`` or the config's)."""
+    engine = open_engine(
+        engine_name or config.run.engine,
+        config.run.tables,
+        database=config.run.database,
+        memory_limit=memory_limit,
+        threads=threads,
     )
-    assert query.layout is not None
-    moments = read_moments(read_cells(engine.query(query.sql), query.layout), query.layout)
-    cells = [moments.get("itt", v, metric_name) for v in moments.variants("itt")]
-    control = moments.get("itt", experiment.control, metric_name)
-    if control is None or not cells:
-        raise DataError(
-            f"experiment {experiment_id!r}: no control units with a complete window to plan from"
-        )
-    pooled = cells[0]
-    for cell in cells[1:]:
-        pooled = pooled.merge(cell)
-    # Units with a complete window were assigned between the first assignment and
-    # as_of - window end: that span is the enrolment rate's denominator.
-    last_complete = dates.as_of - timedelta(days=experiment.window[1])
-    enrolment_days = max((last_complete - dates.first_assignment).days + 1, 1)
-    return plan(
-        metric_name,
-        query.layout.metrics[metric_name],
-        control,
-        pooled,
-        weights=[experiment.weights[experiment.control]]
-        + [experiment.weights[v] for v in experiment.treatments],
-        units_per_day=pooled.n / enrolment_days,
-        mde_relative=mde_relative,
-        alpha=experiment.alpha,
-        power=power,
-    )
+    try:
+        runs = []
+        filed = run_date or datetime.now(UTC).date()
+        for experiment_id in experiment_ids:
+            run = run_experiment(
+                config,
+                registry,
+                experiment_id,
+                engine,
+                as_of=as_of,
+                run_date=filed,
+                allow_invalid=allow_invalid,
+                history=history,
+                past_fractions=recorded_fractions(out_dir, experiment_id, filed),
+            )
+            runs.append(write_run(run, out_dir))
+        return runs
+    finally:
+        engine.close()

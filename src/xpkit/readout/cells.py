@@ -1,49 +1,23 @@
-"""Read the engine's result into Moments and assignment counts, using the compiler's layout.
+"""The engine's rows, one per cell, read through the compiler's layout; assignment counts.
 
 The moments statement returns one wide row per cell (variant, multi_variant, exposed,
 assignment date): the number of units and assignment rows, rows read, a shift per per-unit
 column, the sums around the shifts and the sums of products. Sums around one shared shift
-add up, so every figure a run needs is a sum of cells:
-
-- the assignment health counts: every cell, by variant bucket;
-- a population's moments: ITT sums a variant's analysed cells, TOT its exposed analysed
-  cells; each metric's slice of those sums becomes a :class:`~xpkit.moments.Moments`;
-- the daily history: as of each analysis date D, the analysed cells whose window ended by D
-  (a cell's window ends ``window_end`` days after its assignment date).
+add up, so every figure a run needs is a sum of cells: the assignment health counts sum
+every cell by variant bucket (here); the populations and the daily history sum the
+analysed ones (:mod:`xpkit.readout.populations`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
 
-from xpkit.compile import MomentsLayout
 from xpkit.errors import DataError
-from xpkit.moments import Moments
-
-
-@dataclass(frozen=True)
-class MomentsKey:
-    population: str
-    variant: str
-    metric: str
-
-
-@dataclass(frozen=True)
-class MomentsTable:
-    """Moments per (population, variant, metric) for one experiment."""
-
-    cells: dict[MomentsKey, Moments]
-
-    def get(self, population: str, variant: str, metric: str) -> Moments | None:
-        return self.cells.get(MomentsKey(population, variant, metric))
-
-    def variants(self, population: str) -> list[str]:
-        return sorted({k.variant for k in self.cells if k.population == population})
+from xpkit.layout import MomentsLayout
 
 
 def _number(value: object) -> float:
@@ -143,7 +117,21 @@ def read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
     )
 
 
-def assignment_counts(cells: Cells) -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class AssignmentSummary:
+    """Counts for one variant bucket (``variant=None``: units seen in several variants)."""
+
+    variant: str | None
+    n_units: int
+    n_rows: int
+    n_duplicate_rows: int
+    n_exposed: int
+    n_complete: int
+    first_assignment_date: date | None
+    last_assignment_date: date | None
+
+
+def assignment_counts(cells: Cells) -> list[AssignmentSummary]:
     """Per variant bucket (units in several variants apart): the SRM and health counts."""
     buckets: dict[tuple[str | None, bool], list[int]] = {}
     for r, key in enumerate(zip(cells.variant, cells.multi_variant.tolist(), strict=True)):
@@ -155,69 +143,15 @@ def assignment_counts(cells: Cells) -> list[dict[str, object]]:
         n_rows = int(cells.assignment_rows[idx].sum())
         dates = [cells.assignment_date[r] for r in rows]
         out.append(
-            {
-                "variant": variant,
-                "multi_variant": multi,
-                "n_units": n_units,
-                "n_rows": n_rows,
-                "n_duplicate_rows": n_rows - n_units,
-                "n_exposed": int(cells.n[idx][cells.exposed[idx]].sum()),
-                "n_complete": int(cells.n[idx][cells.window_complete[idx]].sum()),
-                "first_assignment_date": min(dates),
-                "last_assignment_date": max(dates),
-            }
+            AssignmentSummary(
+                variant=None if multi else str(variant),
+                n_units=n_units,
+                n_rows=n_rows,
+                n_duplicate_rows=n_rows - n_units,
+                n_exposed=int(cells.n[idx][cells.exposed[idx]].sum()),
+                n_complete=int(cells.n[idx][cells.window_complete[idx]].sum()),
+                first_assignment_date=min(dates),
+                last_assignment_date=max(dates),
+            )
         )
     return out
-
-
-def read_moments(cells: Cells, layout: MomentsLayout) -> MomentsTable:
-    """Moments per population, variant and metric over every analysed cell."""
-    return _moments(cells, layout, cells.analysed, layout.populations)
-
-
-def read_history(
-    cells: Cells, layout: MomentsLayout, populations: Sequence[str] | None = None
-) -> dict[date, MomentsTable]:
-    """A MomentsTable per analysis date, oldest first: the units whose window ended by then.
-
-    An analysis date is a day on which some analysed unit's window ended; as of it, each
-    unit counts with its whole window, so the moments are running sums over those days.
-    ``populations`` narrows the layout's populations (a history used only for ITT).
-    """
-    ends = [d + timedelta(days=layout.window_end) for d in cells.assignment_date]
-    days = sorted({e for e, a in zip(ends, cells.analysed.tolist(), strict=True) if a})
-    ends_array = np.array(ends, dtype="datetime64[D]")
-    return {
-        day: _moments(
-            cells,
-            layout,
-            cells.analysed & (ends_array <= np.datetime64(day, "D")),
-            layout.populations if populations is None else populations,
-        )
-        for day in days
-    }
-
-
-def _moments(
-    cells: Cells, layout: MomentsLayout, include: np.ndarray, populations: Sequence[str]
-) -> MomentsTable:
-    out: dict[MomentsKey, Moments] = {}
-    variants = sorted({v for v, keep in zip(cells.variant, include.tolist(), strict=True) if keep})
-    for population in populations:
-        for variant in variants:
-            rows = include & np.array([v == variant for v in cells.variant], dtype=bool)
-            if population == "tot":
-                rows &= cells.exposed
-            n = int(cells.n[rows].sum())
-            if n == 0 and population == "tot":
-                continue
-            moments = Moments.from_shifted_sums(
-                n,
-                cells.columns,
-                cells.shift,
-                cells.sums[rows].sum(axis=0),
-                cells.products[rows].sum(axis=0),
-            )
-            for metric, ml in layout.metrics.items():
-                out[MomentsKey(population, variant, metric)] = moments.select(ml.columns)
-    return MomentsTable(out)

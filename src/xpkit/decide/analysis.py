@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xpkit.compile import MetricLayout
 from xpkit.config import ExperimentConfig
+from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
 from xpkit.readout import MomentsTable
 from xpkit.stats.cuped import cuped_test

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from xpkit.analysis import MetricInfo, MetricResult
 from xpkit.config import ExperimentConfig
-from xpkit.health import Check, failed_gates
-from xpkit.stopping import StopVerdict
+from xpkit.decide.analysis import MetricInfo, MetricResult
+from xpkit.decide.health import Check, failed_gates
+from xpkit.decide.stopping import StopVerdict
 
 DecisionKind = Literal["ship", "no_ship", "keep_running", "invalid"]
 
@@ -52,7 +52,7 @@ def decide(
 ) -> list[Decision]:
     """One decision per treatment variant.
 
-    ``stopping`` maps a variant to its stopping rule's verdict (:mod:`xpkit.stopping`):
+    ``stopping`` maps a variant to its stopping rule's verdict (:mod:`xpkit.decide.stopping`):
     ``ship`` and ``no_ship`` are only given when the rule's bound is crossed or the test
     has ended. Without it (or with a ``fixed`` verdict) the fixed-horizon p-values decide
     once the minimum runtime is met.

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from xpkit.define.metric import Metric
 from xpkit.errors import MetricDefinitionError
-from xpkit.metric import Metric
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,15 @@
-"""Run generated SQL where the data lives; bring back small Arrow tables.
-
-An engine maps the logical table names that metrics and the configuration use to real
-data (Parquet files, tables in a database), answers "which columns does this table
-have?" (so unknown columns are reported with the metric's name before a query runs) and
-executes a statement in its own dialect. DuckDB, in process, is the default.
-"""
+"""DuckDB in process, the default engine: views over files, one statement, Arrow back."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Protocol
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
 from xpkit.errors import DataError
-
-
-class Engine(Protocol):
-    dialect: str
-
-    def columns(self, table: str) -> list[str] | None:
-        """Column names of a logical table, or None when it does not exist."""
-
-    def query(self, sql: str) -> pa.Table:
-        """Run one statement (in this engine's dialect) and return its result."""
-
-    def close(self) -> None: ...
+from xpkit.locations import is_file_location
 
 
 class DuckDBEngine:
@@ -65,7 +46,7 @@ class DuckDBEngine:
 
     def _register(self, name: str, location: str) -> None:
         """A view named after the logical table, over the files or the database table."""
-        if _is_file_location(location):
+        if is_file_location(location):
             reader = "read_csv_auto" if location.endswith(".csv") else "read_parquet"
             view = exp.to_table(name).sql("duckdb")
             path = exp.Literal.string(location).sql("duckdb")
@@ -108,29 +89,3 @@ class DuckDBEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _is_file_location(location: str) -> bool:
-    return (
-        location.endswith((".parquet", ".csv"))
-        or any(c in location for c in "/\\*")
-        or Path(location).is_file()
-    )
-
-
-def open_engine(
-    name: str,
-    tables: Mapping[str, str],
-    *,
-    database: str | None = None,
-    memory_limit: str | None = None,
-    threads: int | None = None,
-) -> Engine:
-    """The engine a run asked for, by name."""
-    if name == "duckdb":
-        return DuckDBEngine(tables, database=database, memory_limit=memory_limit, threads=threads)
-    if name == "spark":
-        from xpkit.spark_engine import SparkEngine  # optional dependency
-
-        return SparkEngine(tables)
-    raise DataError(f"unknown engine {name!r}; choose 'duckdb' or 'spark'")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xpkit.compile import MetricLayout
 from xpkit.errors import BadInputError
+from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
 from xpkit.stats.power import days_needed, minimum_detectable_effect, required_sample_size
 
@@ -73,7 +73,7 @@ def plan(
             f"metric {metric!r}: power planning supports mean and proportion metrics; for a "
             f"ratio, plan on its numerator or denominator"
         )
-    pre = next((c for c in layout.covariates if c.endswith("__pre")), None)
+    pre = layout.pre_value
     if pre is not None:
         variance, source = pooled.var_of(pre), "pre-period, all units"
     else:
@@ -110,19 +110,3 @@ def plan(
             for d in horizons
         },
     )
-
-
-def render_plan(p: PowerPlan) -> str:
-    lines = [
-        f"Power plan for {p.metric} (alpha {p.alpha:g}, power {p.power:.0%})",
-        f"  per-unit variance   {p.variance:.6g} ({p.variance_source})",
-        f"  baseline mean       {p.baseline_mean:.6g}",
-        f"  CUPED reduction     {p.variance_reduction:.1%} of the variance",
-        f"  enrolment           {p.units_per_day:.1f} units per day",
-        f"  to detect {p.mde_relative:+.2%}:  {p.units_total} units "
-        f"({'/'.join(map(str, p.units_per_arm))} per arm), {p.days} days "
-        f"(without CUPED: {p.units_total_without_cuped} units)",
-    ]
-    for d, mde in p.mde_at_days.items():
-        lines.append(f"  MDE after {d:>3} days   {mde:.2%}")
-    return "\n".join(lines)

@@ -10,7 +10,8 @@ import math
 
 import pyarrow as pa
 
-from xpkit.analysis import POPULATION_NOTES
+from xpkit.decide.analysis import POPULATION_NOTES
+from xpkit.decide.planning import PowerPlan
 
 _POPULATION_TITLES = {
     "itt": "ITT",
@@ -129,8 +130,6 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
 
 def render_history(history: pa.Table, population: str = "itt") -> str:
     """The effect over time per metric and variant, with the always-valid interval."""
-    from xpkit.history import daily_increments
-
     rows = [r for r in history.to_pylist() if r["population"] == population]
     out = [
         f"Effect over time ({_POPULATION_TITLES.get(population, population)}): "
@@ -141,7 +140,7 @@ def render_history(history: pa.Table, population: str = "itt") -> str:
     for r in rows:
         series.setdefault((r["metric"], r["variant"]), []).append(r)
     for (metric, variant), looks in series.items():
-        verdict = daily_increments(history, population, metric, variant)
+        verdict = looks[-1].get("trend") or "no trend verdict recorded"
         out += ["", f"  {metric} — {variant} ({verdict})"]
         header = ["as of", "n ctl/var", "abs effect", "CI", "always-valid CI", "always-valid p"]
         table = [
@@ -157,3 +156,19 @@ def render_history(history: pa.Table, population: str = "itt") -> str:
         ]
         out += ["    " + line for line in _table(header, table)]
     return "\n".join(out)
+
+
+def render_plan(p: PowerPlan) -> str:
+    lines = [
+        f"Power plan for {p.metric} (alpha {p.alpha:g}, power {p.power:.0%})",
+        f"  per-unit variance   {p.variance:.6g} ({p.variance_source})",
+        f"  baseline mean       {p.baseline_mean:.6g}",
+        f"  CUPED reduction     {p.variance_reduction:.1%} of the variance",
+        f"  enrolment           {p.units_per_day:.1f} units per day",
+        f"  to detect {p.mde_relative:+.2%}:  {p.units_total} units "
+        f"({'/'.join(map(str, p.units_per_arm))} per arm), {p.days} days "
+        f"(without CUPED: {p.units_total_without_cuped} units)",
+    ]
+    for d, mde in p.mde_at_days.items():
+        lines.append(f"  MDE after {d:>3} days   {mde:.2%}")
+    return "\n".join(lines)

@@ -10,37 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 
 from xpkit.config import ExperimentConfig
+from xpkit.readout import AssignmentSummary
 from xpkit.stats.srm import srm_test
-
-
-@dataclass(frozen=True)
-class AssignmentSummary:
-    """Counts for one variant bucket (``variant=None``: units seen in several variants)."""
-
-    variant: str | None
-    n_units: int
-    n_rows: int
-    n_duplicate_rows: int
-    n_exposed: int
-    n_complete: int
-    first_assignment_date: date | None
-    last_assignment_date: date | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, object]) -> AssignmentSummary:
-        return cls(
-            variant=None if row["multi_variant"] else str(row["variant"]),
-            n_units=int(row["n_units"] or 0),
-            n_rows=int(row["n_rows"] or 0),
-            n_duplicate_rows=int(row["n_duplicate_rows"] or 0),
-            n_exposed=int(row["n_exposed"] or 0),
-            n_complete=int(row["n_complete"] or 0),
-            first_assignment_date=row["first_assignment_date"],  # type: ignore[arg-type]
-            last_assignment_date=row["last_assignment_date"],  # type: ignore[arg-type]
-        )
 
 
 @dataclass(frozen=True)
@@ -233,6 +206,23 @@ def exposure_checks(counts: Mapping[str, int] | None) -> list[Check]:
             )
         )
     return out
+
+
+def sample_checks(experiment: ExperimentConfig, variants: list[str]) -> list[Check]:
+    """Every configured variant must have analysable units once windows are applied."""
+    missing = [v for v in experiment.weights if v not in variants]
+    if not missing:
+        return []
+    return [
+        Check(
+            "variants_with_complete_windows",
+            float(len(missing)),
+            0,
+            False,
+            True,
+            f"no unit with a complete window in variant(s) {missing}: nothing to compare yet",
+        )
+    ]
 
 
 def failed_gates(checks: Sequence[Check]) -> list[Check]:

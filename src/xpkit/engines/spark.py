@@ -1,7 +1,7 @@
 """Run the generated SQL on Spark when one machine is not enough.
 
 The statement is the same one DuckDB runs, written in the Spark dialect by
-:func:`xpkit.compile.finish`; Spark scans the fact tables where they live and only the
+:func:`xpkit.compile.dialects.finish`; Spark scans the fact tables where they live and only the
 per-variant moments (a few rows) come back to Python.
 
 The session is the usual Spark one: an active session if there is one (a notebook, a job
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
-from xpkit.engine import _is_file_location
 from xpkit.errors import BadInputError, DataError
+from xpkit.locations import is_file_location
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -78,7 +78,7 @@ class SparkEngine:
             self._register(name, location)
 
     def _register(self, name: str, location: str) -> None:
-        if _is_file_location(location):
+        if is_file_location(location):
             if len(exp.to_table(name).parts) > 1:
                 raise DataError(
                     f"table {name!r}: a file location needs a plain table name (no schema), "

@@ -1,0 +1,26 @@
+"""compile: metric classes + experiment config -> SQL statements and their layout.
+
+Knows SQL and the config, nothing of statistics. Public entry points: the statements
+(:func:`compile_moments`, :func:`compile_bounds`, :func:`compile_exposure_health`),
+:func:`check_columns`, and the dialect list.
+"""
+
+from xpkit.compile.dialects import DIALECTS
+from xpkit.compile.schema import check_columns
+from xpkit.compile.statements import (
+    CompiledQuery,
+    ExperimentDates,
+    compile_bounds,
+    compile_exposure_health,
+    compile_moments,
+)
+
+__all__ = [
+    "DIALECTS",
+    "CompiledQuery",
+    "ExperimentDates",
+    "check_columns",
+    "compile_bounds",
+    "compile_exposure_health",
+    "compile_moments",
+]

@@ -1,0 +1,255 @@
+"""Metric classes + experiment config -> the statements a run executes, in any dialect.
+
+The statement's skeleton is a Jinja template in ``sql_templates/``; everything spliced into
+it (identifiers, literals, metric expressions) is first a sqlglot expression rendered by
+sqlglot, so user values are quoted, never pasted. The filled template is parsed back by
+sqlglot — a template bug is caught here, not in an engine — and written out pretty-printed
+in the target dialect.
+
+The compiler knows nothing of statistics: alongside the SQL it returns a
+:class:`~xpkit.layout.MomentsLayout` that says which output columns hold which metric's sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from sqlglot import exp
+
+from xpkit.compile.columns import SourceScan, plan_columns
+from xpkit.compile.dialects import dialect as dialect_rules
+from xpkit.compile.dialects import finish
+from xpkit.compile.sql import date_literal, ident, render, string_literal, table_ref
+from xpkit.compile.templates import render_template
+from xpkit.config import AssignmentColumns, ExperimentConfig, ExposureLog
+from xpkit.define.metric import Metric, Source
+from xpkit.errors import MetricDefinitionError
+from xpkit.layout import ROWS_PREFIX, SHIFT_PREFIX, SUM_PREFIX, MomentsLayout
+
+
+@dataclass(frozen=True)
+class ExperimentDates:
+    """Dates resolved from the data (or given) before the statement is rendered."""
+
+    first_assignment: date
+    last_assignment: date
+    as_of: date
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    sql: str
+    dialect: str
+    layout: MomentsLayout | None = None
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def _assignment_context(assignments: AssignmentColumns) -> dict[str, str]:
+    exposed = render(
+        exp.column(assignments.exposed)
+        if assignments.exposed
+        else exp.cast(exp.null(), exp.DataType.Type.BOOLEAN)
+    )
+    return {
+        "table": table_ref(assignments.table),
+        "experiment": ident(assignments.experiment),
+        "unit": ident(assignments.unit),
+        "variant": ident(assignments.variant),
+        "timestamp": ident(assignments.timestamp),
+        "exposed": exposed,
+    }
+
+
+def compile_moments(
+    experiment: ExperimentConfig,
+    metrics: Sequence[type[Metric]],
+    assignments: AssignmentColumns,
+    dates: ExperimentDates,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """The one statement a run needs: per-cell sufficient statistics and assignment counts.
+
+    A cell is (variant, multi_variant, exposed, assignment date); see the template for the
+    columns and :mod:`xpkit.readout` for how cells add up to the assignment health counts,
+    the ITT/TOT populations and the daily history.
+    """
+    if not metrics:
+        raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
+    populations = [p for p in experiment.populations if p == "itt" or assignments.exposed]
+    scans, layouts = plan_columns(
+        metrics,
+        with_exposure=assignments.exposed is not None,
+        window=experiment.window,
+        pre_window=experiment.pre_window,
+    )
+
+    percentile_capped = [m.name for m in metrics if m.cap_percentile is not None]
+    if percentile_capped and not dialect_rules(dialect).exact_percentile:
+        raise MetricDefinitionError(
+            f"metric(s) {percentile_capped} cap at a pooled percentile, which {dialect} has "
+            f"no exact aggregate for; give them a fixed cap (cap = 86400) to print "
+            f"{dialect} SQL, or print it for another dialect"
+        )
+    unit_columns, caps, capped_columns = _unit_value_columns(scans)
+
+    moment_columns: list[str] = []
+    products: list[tuple[str, str]] = []
+    for layout in layouts.values():
+        cols = layout.columns
+        for c in cols:
+            if c not in moment_columns:
+                moment_columns.append(c)
+        for i, a in enumerate(cols):
+            for b in cols[i:]:
+                if (a, b) not in products and (b, a) not in products:
+                    products.append((a, b))
+
+    first_day = min(experiment.window[0], experiment.pre_window[0])
+    scan_start = dates.first_assignment + timedelta(days=first_day)
+    scan_end = min(dates.as_of, dates.last_assignment + timedelta(days=experiment.window[1]))
+    sql = render_template(
+        "moments.sql.j2",
+        a=_assignment_context(assignments),
+        experiment_id=string_literal(experiment.id),
+        window=experiment.window,
+        pre_window=experiment.pre_window,
+        as_of=date_literal(dates.as_of),
+        scan_start=date_literal(scan_start),
+        scan_end_exclusive=date_literal(scan_end + timedelta(days=1)),
+        sources=[
+            {
+                "cte": scan.cte,
+                "table": table_ref(scan.source.table),
+                "table_comment": scan.source.table.replace("*/", ""),
+                "unit": ident(scan.source.unit),
+                "time": ident(scan.source.time),
+                "rows_column": ident(ROWS_PREFIX + scan.source.name),
+                "columns": [
+                    {"name": ident(c.name), "sql": c.tree.sql("duckdb")} for c in scan.columns
+                ],
+            }
+            for scan in scans
+        ],
+        unit_columns=unit_columns,
+        caps=caps,
+        capped_columns=capped_columns,
+        values_cte="xp_capped_values" if caps else "xp_unit_values",
+        moment_columns=[ident(c) for c in moment_columns],
+        products=[
+            {"a": ident(a), "b": ident(b), "name": ident(MomentsLayout.product_name(a, b))}
+            for a, b in products
+        ],
+        shift_prefix=SHIFT_PREFIX,
+        sum_prefix=SUM_PREFIX,
+    )
+    layout = MomentsLayout(
+        metrics=layouts,
+        columns=tuple(moment_columns),
+        products=tuple(products),
+        row_counts={ROWS_PREFIX + s.source.name: s.source.table for s in scans},
+        populations=tuple(populations),
+        window_end=experiment.window[1],
+    )
+    return CompiledQuery(
+        sql=finish(sql, dialect),
+        dialect=dialect,
+        layout=layout,
+        sources=tuple(s.source.table for s in scans),
+    )
+
+
+def _unit_value_columns(
+    scans: Sequence[SourceScan],
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """The per-unit value of every column, its pooled percentile cap, and the capped value.
+
+    A unit without rows on a source gets 0 (``COALESCE``); an indicator column is 1 where
+    its aggregate is positive; a fixed cap is ``LEAST(value, cap)``; a percentile cap is
+    the pooled ``QUANTILE_CONT`` over the analysed units, applied in a later CTE.
+    """
+    unit_columns: list[dict[str, str]] = []
+    caps: list[dict[str, str]] = []
+    capped: list[dict[str, str]] = []
+    for scan in scans:
+        for col in scan.columns:
+            value: exp.Expression = exp.func(
+                "COALESCE", exp.column(col.name, table=scan.cte), exp.Literal.number(0)
+            )
+            if col.indicator:
+                value = (
+                    exp.case().when(value > 0, exp.Literal.number(1)).else_(exp.Literal.number(0))
+                )
+            if col.cap_value is not None:
+                value = exp.func("LEAST", value, exp.Literal.number(col.cap_value))
+            name = ident(col.name)
+            unit_columns.append({"name": name, "sql": render(value)})
+            own = exp.column(col.name, table="v")
+            if col.cap_percentile is None:
+                capped.append({"name": name, "sql": render(own)})
+                continue
+            quantile = exp.func(
+                "QUANTILE_CONT", exp.column(col.name), exp.Literal.number(col.cap_percentile)
+            )
+            caps.append({"name": name, "sql": render(quantile)})
+            least = exp.func("LEAST", own, exp.column(col.name, table="xp_caps"))
+            capped.append({"name": name, "sql": render(least)})
+    return unit_columns, caps, capped
+
+
+def compile_bounds(
+    experiment: ExperimentConfig,
+    metrics: Sequence[type[Metric]],
+    assignments: AssignmentColumns,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """First/last assignment date and each source's last date (see bounds.sql.j2)."""
+    sources: dict[str, type[Source]] = {}
+    for metric in metrics:
+        sources.setdefault(metric.source.name, metric.source)
+    sql = render_template(
+        "bounds.sql.j2",
+        a=_assignment_context(assignments),
+        experiment_id=string_literal(experiment.id),
+        sources=[
+            {
+                "table": table_ref(s.table),
+                "time": ident(s.time),
+                "alias": ident(f"last_date__{name}"),
+            }
+            for name, s in sources.items()
+        ],
+    )
+    return CompiledQuery(
+        sql=finish(sql, dialect), dialect=dialect, sources=tuple(s.table for s in sources.values())
+    )
+
+
+def compile_exposure_health(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    exposures: ExposureLog,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """Counts of exposure events without an assignment or before it."""
+    sql = render_template(
+        "exposures.sql.j2",
+        a=_assignment_context(assignments),
+        x={
+            "table": table_ref(exposures.table),
+            "experiment": ident(exposures.experiment),
+            "unit": ident(exposures.unit),
+            "timestamp": ident(exposures.timestamp),
+        },
+        experiment_id=string_literal(experiment.id),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)

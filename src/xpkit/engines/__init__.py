@@ -1,0 +1,34 @@
+"""engines: run generated SQL where the data lives and bring back small Arrow tables.
+
+DuckDB in process is the default; Spark (an optional dependency) runs the same statement
+in its dialect. Engines know tables and SQL text, nothing of metrics or statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from xpkit.engines.base import Engine
+from xpkit.errors import DataError
+
+__all__ = ["Engine", "open_engine"]
+
+
+def open_engine(
+    name: str,
+    tables: Mapping[str, str],
+    *,
+    database: str | None = None,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> Engine:
+    """The engine a run asked for, by name (each imported only when asked for)."""
+    if name == "duckdb":
+        from xpkit.engines.duckdb import DuckDBEngine
+
+        return DuckDBEngine(tables, database=database, memory_limit=memory_limit, threads=threads)
+    if name == "spark":
+        from xpkit.engines.spark import SparkEngine  # optional dependency
+
+        return SparkEngine(tables)
+    raise DataError(f"unknown engine {name!r}; choose 'duckdb' or 'spark'")

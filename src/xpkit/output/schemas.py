@@ -1,0 +1,135 @@
+"""The Arrow schemas of every table xpkit writes, and the files they are written to."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCORECARD_FILE = "scorecard.parquet"
+CHECKS_FILE = "checks.parquet"
+
+SCORECARD_SCHEMA = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("run_date", pa.date32()),
+        ("as_of", pa.date32()),
+        ("population", pa.string()),
+        ("population_note", pa.string()),
+        ("metric", pa.string()),
+        ("metric_kind", pa.string()),
+        ("role", pa.string()),
+        ("higher_is_better", pa.bool_()),
+        ("variant", pa.string()),
+        ("control_variant", pa.string()),
+        ("n_control", pa.int64()),
+        ("n_variant", pa.int64()),
+        ("mean_control", pa.float64()),
+        ("mean_variant", pa.float64()),
+        ("method", pa.string()),
+        ("abs_effect", pa.float64()),
+        ("abs_se", pa.float64()),
+        ("abs_ci_low", pa.float64()),
+        ("abs_ci_high", pa.float64()),
+        ("rel_lift", pa.float64()),
+        ("rel_ci_low", pa.float64()),
+        ("rel_ci_high", pa.float64()),
+        ("p_value", pa.float64()),
+        ("p_value_adjusted", pa.float64()),
+        ("correction", pa.string()),
+        ("alpha", pa.float64()),
+        ("unadjusted_abs_effect", pa.float64()),
+        ("unadjusted_abs_ci_low", pa.float64()),
+        ("unadjusted_abs_ci_high", pa.float64()),
+        ("unadjusted_p_value", pa.float64()),
+        ("variance_reduction", pa.float64()),
+        ("guardrail_margin", pa.float64()),
+        ("guardrail_relative", pa.bool_()),
+        ("guardrail_bound", pa.float64()),
+        ("guardrail_p_value", pa.float64()),
+        ("guardrail_breached", pa.bool_()),
+        ("guardrail_reason", pa.string()),
+        ("stopping_rule", pa.string()),
+        ("always_valid_p_value", pa.float64()),
+        ("always_valid_ci_low", pa.float64()),
+        ("always_valid_ci_high", pa.float64()),
+        ("information_fraction", pa.float64()),
+        ("sequential_z_bound", pa.float64()),
+        ("srm_p_value", pa.float64()),
+        ("valid", pa.bool_()),
+        ("invalid_reason", pa.string()),
+        ("decision", pa.string()),
+        ("decision_reasons", pa.list_(pa.string())),
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+        ("xpkit_version", pa.string()),
+        ("sql_sha256", pa.string()),
+        ("config_sha256", pa.string()),
+        ("metric_sha256", pa.string()),
+        ("rows_read", pa.string()),
+    ]
+)
+
+CHECKS_SCHEMA = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("run_date", pa.date32()),
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("passed", pa.bool_()),
+        ("gate", pa.bool_()),
+        ("detail", pa.string()),
+    ]
+)
+
+# Columns emptied on an invalid experiment unless the user asks to see them anyway.
+EFFECT_COLUMNS = (
+    "abs_effect",
+    "abs_se",
+    "abs_ci_low",
+    "abs_ci_high",
+    "rel_lift",
+    "rel_ci_low",
+    "rel_ci_high",
+    "p_value",
+    "p_value_adjusted",
+    "unadjusted_abs_effect",
+    "unadjusted_abs_ci_low",
+    "unadjusted_abs_ci_high",
+    "unadjusted_p_value",
+    "variance_reduction",
+    "guardrail_bound",
+    "guardrail_p_value",
+    "guardrail_breached",
+    "always_valid_p_value",
+    "always_valid_ci_low",
+    "always_valid_ci_high",
+)
+
+HISTORY_FILE = "history.parquet"
+
+# The history's columns are the scorecard's, under the same names and types, plus the day
+# each row is as of, the mSPRT mixture scale and the series' novelty/primacy verdict.
+HISTORY_SCHEMA = pa.schema(
+    [SCORECARD_SCHEMA.field(name) for name in ("experiment_id", "run_date")]
+    + [pa.field("analysis_date", pa.date32())]
+    + [
+        SCORECARD_SCHEMA.field(name)
+        for name in (
+            "population",
+            "metric",
+            "variant",
+            "n_control",
+            "n_variant",
+            "method",
+            "abs_effect",
+            "abs_se",
+            "abs_ci_low",
+            "abs_ci_high",
+            "rel_lift",
+            "p_value",
+            "always_valid_p_value",
+            "always_valid_ci_low",
+            "always_valid_ci_high",
+        )
+    ]
+    + [pa.field("msprt_tau", pa.float64()), pa.field("trend", pa.string())]
+)

@@ -1,0 +1,19 @@
+"""readout: engine rows -> cells -> moments per population and day, and assignment counts.
+
+Reads the moments statement's result through the :class:`~xpkit.layout.MomentsLayout`;
+knows nothing of SQL text or statistics.
+"""
+
+from xpkit.readout.cells import AssignmentSummary, Cells, assignment_counts, read_cells
+from xpkit.readout.populations import MomentsKey, MomentsTable, read_history, read_moments
+
+__all__ = [
+    "AssignmentSummary",
+    "Cells",
+    "MomentsKey",
+    "MomentsTable",
+    "assignment_counts",
+    "read_cells",
+    "read_history",
+    "read_moments",
+]
