@@ -122,11 +122,21 @@ def test_novelty_verdict_from_cumulative_history() -> None:
         nan = float("nan")
         return [
             Effect(
-                method="welch", n_control=100 * (k + 1), n_treatment=100 * (k + 1),
-                mean_control=1.0, mean_treatment=1.0 + float(est[k]),
-                abs_effect=float(est[k]), abs_se=float(1 / np.sqrt(w[k])),
-                abs_ci_low=nan, abs_ci_high=nan, rel_lift=None, rel_se=None,
-                rel_ci_low=None, rel_ci_high=None, p_value=nan, alpha=0.05,
+                method="welch",
+                n_control=100 * (k + 1),
+                n_treatment=100 * (k + 1),
+                mean_control=1.0,
+                mean_treatment=1.0 + float(est[k]),
+                abs_effect=float(est[k]),
+                abs_se=float(1 / np.sqrt(w[k])),
+                abs_ci_low=nan,
+                abs_ci_high=nan,
+                rel_lift=None,
+                rel_se=None,
+                rel_ci_low=None,
+                rel_ci_high=None,
+                p_value=nan,
+                alpha=0.05,
             )  # fmt: skip
             for k in range(len(increments))
         ]
@@ -148,9 +158,9 @@ def test_history_rows_are_exactly_the_full_analysis_of_each_day() -> None:
     from xpkit.config import ExperimentConfig, GuardrailConfig
     from xpkit.decide.analysis import MetricInfo, analyse
     from xpkit.decide.history import build_history
-    from xpkit.output.tables import build_history_table
     from xpkit.layout import MetricLayout
     from xpkit.moments import Moments
+    from xpkit.output.tables import build_history_table
     from xpkit.readout import MomentsKey, MomentsTable
     from xpkit.stats.sequential import msprt, tau_from_mde
 

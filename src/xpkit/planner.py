@@ -45,7 +45,9 @@ def power_plan(
     )
     assert query.layout is not None
     moments = read_moments(read_cells(engine.query(query.sql), query.layout), query.layout)
-    cells = [moments.get("itt", v, metric_name) for v in moments.variants("itt")]
+    cells = [
+        m for v in moments.variants("itt") if (m := moments.get("itt", v, metric_name)) is not None
+    ]
     control = moments.get("itt", experiment.control, metric_name)
     if control is None or not cells:
         raise DataError(

@@ -20,7 +20,7 @@ from xpkit.layout import EXPOSURE_COLUMN, MetricLayout
 @dataclass
 class UnitColumn:
     name: str
-    tree: exp.Expression  # per-unit aggregate over the source's rows (alias s)
+    tree: exp.Expr  # per-unit aggregate over the source's rows (alias s)
     cap_value: float | None = None
     cap_percentile: float | None = None
     indicator: bool = False  # the unit's value is 1 where the aggregate is positive, else 0
@@ -42,7 +42,7 @@ class SourceScan:
         return f"xp_per_unit_{self.source.name}"
 
 
-def _qualified(tree: exp.Expression) -> exp.Expression:
+def _qualified(tree: exp.Expr) -> exp.Expr:
     """Copy of a metric fragment with every column qualified by the source alias ``s``."""
     tree = tree.copy()
     for col in tree.find_all(exp.Column):
@@ -50,7 +50,7 @@ def _qualified(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
-def _in_window(source: type[Source], days: tuple[int, int]) -> exp.Expression:
+def _in_window(source: type[Source], days: tuple[int, int]) -> exp.Expr:
     """The row's day, counted from the unit's assignment date, is within ``days``.
 
     One integer offset against two literals is cheaper per row than comparing the row's date
@@ -65,7 +65,7 @@ def _in_window(source: type[Source], days: tuple[int, int]) -> exp.Expression:
     return exp.Between(this=day, low=exp.Literal.number(days[0]), high=exp.Literal.number(days[1]))
 
 
-def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression:
+def _windowed(tree: exp.Expr, condition: exp.Expr) -> exp.Expr:
     """Apply ``condition`` to every aggregate in ``tree`` as ``AGG(...) FILTER (WHERE ...)``.
 
     One scan then serves the pre- and post-period and every metric's row filter; FILTER is
@@ -73,7 +73,7 @@ def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression
     it (e.g. ``SUM(IF(cond, x, NULL))`` on BigQuery).
     """
 
-    def wrap(node: exp.Expression) -> exp.Expression:
+    def wrap(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.AggFunc) and not isinstance(node.parent, exp.Filter):
             return exp.Filter(this=node, expression=exp.Where(this=condition.copy()))
         return node
@@ -83,7 +83,7 @@ def _windowed(tree: exp.Expression, condition: exp.Expression) -> exp.Expression
     return tree.copy().transform(wrap, copy=False)
 
 
-def _condition(metric: type[Metric], window: exp.Expression) -> exp.Expression:
+def _condition(metric: type[Metric], window: exp.Expr) -> exp.Expr:
     if metric.filter_tree is None:
         return window
     return exp.and_(window, exp.paren(_qualified(metric.filter_tree)))
@@ -111,8 +111,8 @@ def plan_columns(
 
         def add(
             suffix: str,
-            tree: exp.Expression,
-            cond: exp.Expression,
+            tree: exp.Expr,
+            cond: exp.Expr,
             capped: bool,
             metric: type[Metric] = metric,
             scan: SourceScan = scan,

@@ -29,7 +29,7 @@ class Dialect:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def rewrite(self, tree: exp.Expression) -> None:
+    def rewrite(self, tree: exp.Expr) -> None:
         """Change, in place, what this dialect reads differently; nothing by default."""
 
 
@@ -42,7 +42,7 @@ class _NoExactPercentile(Dialect):
 
 
 class _Spark(Dialect):
-    def rewrite(self, tree: exp.Expression) -> None:
+    def rewrite(self, tree: exp.Expr) -> None:
         """Rewrite the DuckDB constructs that Spark reads differently.
 
         - ``QUANTILE_CONT(x, q)``: sqlglot writes ``PERCENTILE_CONT(x, q)``, which Spark
@@ -58,9 +58,9 @@ class _Spark(Dialect):
         for node in list(tree.find_all(exp.PercentileCont)):
             if not isinstance(node.parent, exp.WithinGroup):
                 node.replace(exp.Quantile(this=node.this, quantile=node.expression))
-        for node in list(tree.find_all(exp.Avg)):
+        for avg in list(tree.find_all(exp.Avg)):
             # The whole aggregate call, including its FILTER or OVER clause, is cast.
-            call: exp.Expression = node
+            call: exp.Expr = avg
             while isinstance(call.parent, exp.Filter | exp.Window) and call.arg_key == "this":
                 call = call.parent
             parent = call.parent

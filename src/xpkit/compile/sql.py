@@ -32,6 +32,6 @@ def date_literal(value: date) -> str:
     return exp.cast(exp.Literal.string(value.isoformat()), "DATE").sql("duckdb")
 
 
-def render(tree: exp.Expression) -> str:
+def render(tree: exp.Expr) -> str:
     """A sqlglot expression as the DuckDB text the templates are written in."""
     return tree.sql("duckdb")

@@ -102,8 +102,8 @@ def compile_moments(
 
     moment_columns: list[str] = []
     products: list[tuple[str, str]] = []
-    for layout in layouts.values():
-        cols = layout.columns
+    for metric_layout in layouts.values():
+        cols = metric_layout.columns
         for c in cols:
             if c not in moment_columns:
                 moment_columns.append(c)
@@ -180,7 +180,7 @@ def _unit_value_columns(
     capped: list[dict[str, str]] = []
     for scan in scans:
         for col in scan.columns:
-            value: exp.Expression = exp.func(
+            value: exp.Expr = exp.func(
                 "COALESCE", exp.column(col.name, table=scan.cte), exp.Literal.number(0)
             )
             if col.indicator:

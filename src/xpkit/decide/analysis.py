@@ -12,8 +12,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from xpkit.config import ExperimentConfig
 from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
@@ -217,7 +215,7 @@ def _adjust(experiment: ExperimentConfig, results: list[MetricResult]) -> list[M
         ]
         if not idx:
             continue
-        raw = np.array([out[i].effect.p_value for i in idx], dtype=float)
+        raw = [float(out[i].effect.p_value) for i in idx]
         adjusted = adjust_pvalues(raw, method=experiment.correction)
         for i, p in zip(idx, adjusted, strict=True):
             out[i] = replace(out[i], p_value_adjusted=None if math.isnan(p) else float(p))

@@ -80,7 +80,9 @@ def run_checks(
             )
         ]
 
-    unknown = sorted(s.variant for s in single if s.variant not in experiment.weights)
+    unknown = sorted(
+        s.variant for s in single if s.variant is not None and s.variant not in experiment.weights
+    )
     checks.append(
         Check(
             "unknown_variants",

@@ -84,11 +84,25 @@ def plan(
             f"metric {metric!r}: no variance or a zero baseline in the data; cannot plan"
         )
     reduction = variance_reduction(control, layout)
-    common = dict(relative=True, baseline_mean=baseline, alpha=alpha, allocation=weights)
     with_cuped = required_sample_size(
-        mde_relative, variance, power=power, variance_reduction=reduction, **common
+        mde_relative,
+        variance,
+        power=power,
+        variance_reduction=reduction,
+        relative=True,
+        baseline_mean=baseline,
+        alpha=alpha,
+        allocation=weights,
     )
-    without = required_sample_size(mde_relative, variance, power=power, **common)
+    without = required_sample_size(
+        mde_relative,
+        variance,
+        power=power,
+        relative=True,
+        baseline_mean=baseline,
+        alpha=alpha,
+        allocation=weights,
+    )
     return PowerPlan(
         metric=metric,
         variance=variance,
@@ -105,7 +119,14 @@ def plan(
         units_total_without_cuped=without.n_total,
         mde_at_days={
             d: minimum_detectable_effect(
-                units_per_day * d, variance, power=power, variance_reduction=reduction, **common
+                units_per_day * d,
+                variance,
+                power=power,
+                variance_reduction=reduction,
+                relative=True,
+                baseline_mean=baseline,
+                alpha=alpha,
+                allocation=weights,
             )
             for d in horizons
         },

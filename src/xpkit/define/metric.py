@@ -34,7 +34,7 @@ MetricKind = Literal["mean", "proportion", "ratio"]
 # Statement types that may never appear inside a metric expression: an expression is a
 # fragment that ends up inside xpkit's SELECT, so anything that writes, defines or nests a
 # query is a mistake (or an injection) and is rejected before any SQL is rendered.
-_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+_FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
     exp.Select,
     exp.Subquery,
     exp.Union,
@@ -56,7 +56,7 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
 
 
-def parse_fragment(sql: str, *, owner: str, field: str, aggregate: bool) -> exp.Expression:
+def parse_fragment(sql: str, *, owner: str, field: str, aggregate: bool) -> exp.Expr:
     """Parse one SQL expression, rejecting anything that is not a plain fragment.
 
     ``aggregate=True`` demands a per-unit aggregate (it must contain an aggregate function
@@ -79,6 +79,7 @@ def parse_fragment(sql: str, *, owner: str, field: str, aggregate: bool) -> exp.
             f"statements: {sql!r}"
         )
     tree = statements[0]
+    assert tree is not None  # None statements were dropped above
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN_NODES) and not (
             isinstance(node, exp.Star) and isinstance(node.parent, exp.Count)
@@ -107,7 +108,7 @@ def parse_fragment(sql: str, *, owner: str, field: str, aggregate: bool) -> exp.
     return tree
 
 
-def referenced_columns(tree: exp.Expression) -> set[str]:
+def referenced_columns(tree: exp.Expr) -> set[str]:
     return {c.name for c in tree.find_all(exp.Column)}
 
 
@@ -174,10 +175,10 @@ class Metric:
     description: ClassVar[str] = ""
 
     # Parsed forms, set at class definition.
-    expression_tree: ClassVar[exp.Expression]
-    denominator_tree: ClassVar[exp.Expression | None]
-    filter_tree: ClassVar[exp.Expression | None]
-    covariate_tree: ClassVar[exp.Expression | None]
+    expression_tree: ClassVar[exp.Expr]
+    denominator_tree: ClassVar[exp.Expr | None]
+    filter_tree: ClassVar[exp.Expr | None]
+    covariate_tree: ClassVar[exp.Expr | None]
     cap_value: ClassVar[float | None]
     cap_percentile: ClassVar[float | None]
 
@@ -198,8 +199,14 @@ class Metric:
             raise MetricDefinitionError(
                 f"{owner}: `kind` must be 'mean', 'proportion' or 'ratio', got {cls.kind!r}"
             )
+        expression = getattr(cls, "expression", None)
+        if not isinstance(expression, str):
+            raise MetricDefinitionError(
+                f'{owner}: `expression` must be a SQL string such as "SUM(watch_seconds)", '
+                f"got {expression!r}"
+            )
         cls.expression_tree = parse_fragment(
-            getattr(cls, "expression", None), owner=owner, field="expression", aggregate=True
+            expression, owner=owner, field="expression", aggregate=True
         )
         if cls.kind == "ratio":
             if cls.denominator is None:

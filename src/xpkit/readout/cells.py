@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import SupportsFloat
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from xpkit.errors import DataError
 from xpkit.layout import MomentsLayout
 
 
-def _number(value: object) -> float:
+def _number(value: SupportsFloat | None) -> float:
     return 0.0 if value is None else float(value)
 
 

@@ -71,7 +71,13 @@ def _moments(
     cells: Cells, layout: MomentsLayout, include: np.ndarray, populations: Sequence[str]
 ) -> MomentsTable:
     out: dict[MomentsKey, Moments] = {}
-    variants = sorted({v for v, keep in zip(cells.variant, include.tolist(), strict=True) if keep})
+    variants = sorted(
+        {
+            v
+            for v, keep in zip(cells.variant, include.tolist(), strict=True)
+            if keep and v is not None
+        }
+    )
     for population in populations:
         for variant in variants:
             rows = include & np.array([v == variant for v in cells.variant], dtype=bool)
