@@ -39,6 +39,8 @@ def test_docstring_becomes_description() -> None:
 @pytest.mark.parametrize(
     ("attrs", "message"),
     [
+        ({}, "`expression` must be a SQL string"),
+        ({"expression": 3}, "`expression` must be a SQL string"),
         ({"expression": "SUM(x"}, "`expression` is not valid SQL"),
         ({"expression": "SUM(x); DROP TABLE events"}, "found 2 statements"),
         ({"expression": "DROP TABLE events"}, "may only be an expression"),
