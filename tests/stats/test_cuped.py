@@ -58,7 +58,7 @@ def test_cuped_matches_ols_and_welch_on_adjusted_values(k: int) -> None:
     se = math.sqrt(adj_c.var(ddof=1) / adj_c.size + adj_t.var(ddof=1) / adj_t.size)
     assert eff.abs_se == pytest.approx(se, rel=RTOL)
     assert eff.p_value == pytest.approx(ref.pvalue, rel=RTOL)
-    assert eff.extra["df"] == pytest.approx(ref.df, rel=RTOL)
+    assert eff.df == pytest.approx(ref.df, rel=RTOL)
     assert (eff.abs_ci_low, eff.abs_ci_high) == pytest.approx((ci.low, ci.high), rel=RTOL)
 
     raw_var = control[:, 0].var(ddof=1) / len(control) + treatment[:, 0].var(ddof=1) / len(

@@ -37,7 +37,7 @@ def _effect(
         rel_ci_high=None,
         p_value=math.nan,
         alpha=0.05,
-        extra={} if df is None else {"df": df},
+        df=df,
     )
 
 

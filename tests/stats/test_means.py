@@ -41,7 +41,7 @@ def test_welch_matches_scipy_for_several_variants() -> None:
             assert eff.method == "welch"
             assert eff.abs_effect == pytest.approx(values.mean() - control.mean(), rel=RTOL)
             assert eff.extra["t"] == pytest.approx(ref.statistic, rel=RTOL)
-            assert eff.extra["df"] == pytest.approx(ref.df, rel=RTOL)
+            assert eff.df == pytest.approx(ref.df, rel=RTOL)
             assert eff.p_value == pytest.approx(ref.pvalue, rel=RTOL)
             assert (eff.abs_ci_low, eff.abs_ci_high) == pytest.approx((ci.low, ci.high), rel=RTOL)
             se = math.sqrt(values.var(ddof=1) / values.size + control.var(ddof=1) / control.size)
@@ -78,7 +78,7 @@ def test_welch_keeps_precision_on_large_means() -> None:
         # The difference of two means near 1e9 is only known to ~1e-7 in float64.
         assert eff.abs_effect == pytest.approx(treatment.mean() - control.mean(), abs=1e-6)
         ref = stats.ttest_ind(treatment, control, equal_var=False)
-        assert eff.extra["df"] == pytest.approx(ref.df, rel=RTOL)
+        assert eff.df == pytest.approx(ref.df, rel=RTOL)
         assert eff.rel_lift == pytest.approx(eff.abs_effect / control.mean(), rel=1e-6)
 
 
@@ -107,7 +107,7 @@ def test_welch_one_constant_group_still_tests() -> None:
     eff = welch_test(_moments(control), _moments(treatment))
     ref = stats.ttest_ind(treatment, control, equal_var=False)
     assert eff.p_value == pytest.approx(ref.pvalue, rel=RTOL)
-    assert eff.extra["df"] == pytest.approx(29.0, rel=RTOL)
+    assert eff.df == pytest.approx(29.0, rel=RTOL)
 
 
 def test_alpha_is_validated() -> None:

@@ -43,16 +43,23 @@ class MetricInfo:
     layout: MetricLayout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricResult:
+    """One population x metric x treatment variant: its effect and what decide adds to it.
+
+    ``unadjusted`` is the plain estimate beside a covariate-adjusted one;
+    ``p_value_adjusted`` (multiple testing) and ``guardrail`` are filled in by
+    :func:`analyse`, None before and where they do not apply.
+    """
+
     population: str
     metric: str
     role: str
     variant: str
     effect: Effect
-    unadjusted: Effect | None
-    p_value_adjusted: float | None
-    guardrail: GuardrailResult | None
+    unadjusted: Effect | None = None
+    p_value_adjusted: float | None = None
+    guardrail: GuardrailResult | None = None
 
 
 def estimate(
@@ -135,14 +142,12 @@ def estimate_effects(
                 )
                 results.append(
                     MetricResult(
-                        population,
-                        name,
-                        experiment.role(name),
-                        variant,
-                        effect,
-                        plain,
-                        None,
-                        None,
+                        population=population,
+                        metric=name,
+                        role=experiment.role(name),
+                        variant=variant,
+                        effect=effect,
+                        unadjusted=plain,
                     )
                 )
     return results
@@ -176,7 +181,13 @@ def _complier_effects(
             # baseline, not the population's: report the absolute effect only.
             effect = replace(effect, rel_lift=None, rel_se=None, rel_ci_low=None, rel_ci_high=None)
             out.append(
-                MetricResult("cace", name, experiment.role(name), variant, effect, None, None, None)
+                MetricResult(
+                    population="cace",
+                    metric=name,
+                    role=experiment.role(name),
+                    variant=variant,
+                    effect=effect,
+                )
             )
     return out
 

@@ -179,8 +179,8 @@ def cuped_test(
     ``ybar_g - theta'(xbar_g - xbar_pooled)`` (their difference is the effect, and the
     relative lift uses them with their delta-method covariance); the raw means are in
     ``extra["raw_mean_control"]`` / ``extra["raw_mean_treatment"]``. ``extra`` also holds
-    ``theta_<covariate>``, ``variance_reduction`` (``1 - Var(adjusted)/Var(unadjusted)``)
-    and ``df``.
+    ``theta_<covariate>`` and ``variance_reduction`` (``1 - Var(adjusted)/Var(unadjusted)``);
+    the degrees of freedom are ``Effect.df``.
 
     Degenerate input behaves as in :func:`xpkit.stats.means.welch_test` (NaN standard error,
     interval and p-value); a constant or collinear covariate is dropped from the fit
@@ -190,7 +190,6 @@ def cuped_test(
     adj = regression_adjust(control, treatment, value, covariates)
     df = welch_df(adj.var_mean_c, adj.var_mean_t, control.n, treatment.n)
     extra = adjustment_extra(adj, covariates)
-    extra["df"] = df
     extra["raw_mean_control"] = control.mean_of(value) if control.n else NAN
     extra["raw_mean_treatment"] = treatment.mean_of(value) if treatment.n else NAN
     return adjusted_effect(

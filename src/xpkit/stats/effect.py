@@ -30,4 +30,5 @@ class Effect:
     rel_ci_high: float | None
     p_value: float
     alpha: float
+    df: float | None = None  # degrees of freedom of a t-based interval; None: normal
     extra: dict[str, float] = field(default_factory=dict)

@@ -54,7 +54,7 @@ def non_inferiority_test(
         H0: h d >= margin   vs   H1: h d < margin,
         p = F((h d - margin) / se),   bound = d + h q_{1-alpha} se,
 
-    with ``F``/``q`` the Student t distribution on ``effect.extra["df"]`` degrees of
+    with ``F``/``q`` the Student t distribution on ``effect.df`` degrees of
     freedom when the effect carries one (Welch, CUPED) and the standard normal otherwise
     (relative lifts are always normal, as their intervals are). Non-inferiority holds when
     ``p < alpha``, equivalently when the bound lies on the safe side of ``-h margin``.
@@ -96,7 +96,7 @@ def non_inferiority_test(
         estimate, se, df = effect.rel_lift, effect.rel_se, None
     else:
         estimate, se = effect.abs_effect, effect.abs_se
-        df = effect.extra.get("df")
+        df = effect.df
 
     usable_df = df is None or (math.isfinite(df) and df > 0.0)
     if not (math.isfinite(estimate) and math.isfinite(se) and se > 0.0 and usable_df):

@@ -188,5 +188,6 @@ def build_effect(
         rel_ci_high=None if relative is None else relative.ci_high,
         p_value=float(p_value),
         alpha=float(alpha),
+        df=None if df is None else float(df),
         extra={key: float(value) for key, value in (extra or {}).items()},
     )

@@ -57,7 +57,7 @@ def welch_test(
         alpha=alpha,
         df=df,
         relative=relative_lift(mean_c, mean_t, var_mean_c, var_mean_t, 0.0, alpha),
-        extra={"df": df, "t": safe_div(diff, se)},
+        extra={"t": safe_div(diff, se)},
     )
 
 

@@ -42,6 +42,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from xpkit.stats.lift import check_alpha
+
 DECLINING = "effect declining over time (novelty?)"
 GROWING = "effect growing over time (primacy/learning?)"
 NO_TREND = "no trend detected"
@@ -76,8 +78,7 @@ def effect_trend(
     ``days`` defaults to ``0, 1, 2, ...``; days with a missing or non-positive standard
     error are dropped. Needs at least three usable days with two distinct day values.
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    alpha = check_alpha(alpha)
     y = np.asarray(estimates, dtype=float).reshape(-1)
     se = np.asarray(ses, dtype=float).reshape(-1)
     d = np.arange(y.size, dtype=float) if days is None else np.asarray(days, dtype=float)

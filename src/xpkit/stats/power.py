@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special
 
+from xpkit.stats.lift import check_alpha
+
 
 @dataclass(frozen=True)
 class SampleSize:
@@ -154,8 +156,7 @@ def _two_sided_power(noncentrality: float, z: float) -> float:
 
 def _noncentrality(alpha: float, power: float) -> float:
     """``k = delta / se`` at which the two-sided level-``alpha`` z-test has ``power``."""
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    alpha = check_alpha(alpha)
     if not alpha < power < 1:
         raise ValueError(f"power must be in (alpha, 1), got {power}")
     z = -special.ndtri(alpha / 2)
