@@ -99,6 +99,7 @@ class ExperimentConfig(_Strict):
     max_multi_variant_share: float = Field(default=0.01, ge=0, le=1)
     max_duplicate_row_share: float = Field(default=0.01, ge=0, le=1)
     max_incomplete_share: float = Field(default=0.5, ge=0, le=1)
+    max_null_key_share: float = Field(default=0.001, ge=0, le=1)
     sequential_mde: float = Field(default=0.02, gt=0)
     stopping_rule: Literal["always_valid", "group_sequential", "fixed_horizon"] = "always_valid"
     planned_units: int | None = Field(default=None, ge=2)

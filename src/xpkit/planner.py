@@ -37,9 +37,10 @@ def power_plan(
     experiment = experiment.model_copy(update={"pre_window": (-length, -1)})
     metrics = resolve_metrics(config, registry, experiment_id, [metric_name])
     check_schema(config, metrics, engine)
-    dates = resolve_dates(config, metrics, experiment_id, engine)
-    if dates is None:
+    bounds = resolve_dates(config, metrics, experiment_id, engine)
+    if bounds is None:
         raise DataError(f"experiment {experiment_id!r}: no assignments to plan from")
+    dates = bounds.dates
     query = compile_moments(
         experiment, metrics, config.run.assignments, dates, dialect=engine.dialect
     )

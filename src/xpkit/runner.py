@@ -22,11 +22,18 @@ from xpkit.compile import (
     compile_bounds,
     compile_exposure_health,
     compile_moments,
+    compile_rows_after,
 )
 from xpkit.config import LoadedConfig
 from xpkit.decide.analysis import MetricInfo, analyse
 from xpkit.decide.decision import decide
-from xpkit.decide.health import exposure_checks, failed_gates, run_checks, sample_checks
+from xpkit.decide.health import (
+    data_checks,
+    exposure_checks,
+    failed_gates,
+    run_checks,
+    sample_checks,
+)
 from xpkit.decide.history import AlwaysValid, build_history, last_looks
 from xpkit.decide.stopping import primary_looks, stopping_verdict
 from xpkit.define.metric import Metric
@@ -72,28 +79,75 @@ def resolve_metrics(
         raise ConfigError(f"{config.path}: experiment[{experiment_id}].metrics: {err}") from None
 
 
+@dataclass(frozen=True)
+class DataBounds:
+    """What the bounds statement found: the dates, and the data's defects it can see."""
+
+    dates: ExperimentDates
+    null_unit_rows: int
+    null_timestamp_rows: int
+    future_rows: dict[str, int]  # source table -> rows dated after today (or the run date)
+
+
 def resolve_dates(
     config: LoadedConfig,
     metrics: Sequence[type[Metric]],
     experiment_id: str,
     engine: Engine,
     as_of: date | None = None,
-) -> ExperimentDates | None:
-    """First/last assignment date and the as-of date; None when nothing was assigned."""
+    run_date: date | None = None,
+) -> DataBounds | None:
+    """First/last assignment date and the as-of date; None when nothing was assigned.
+
+    The as-of date defaults to the earliest of the sources' last dates (a window is
+    complete only when every source has data through its end), and never passes the run
+    date (a re-run of an earlier day reads the data as it was then). Rows dated after
+    today cannot be real: they are counted, a failed health check, rather than trusted.
+    An explicit ``as_of`` past what every source has data for is refused: windows would
+    count as complete while their last days are missing.
+    """
     experiment = config.experiment(experiment_id)
+    run_date = run_date or datetime.now(UTC).date()
     bounds = compile_bounds(experiment, metrics, config.run.assignments, dialect=engine.dialect)
     row = engine.query(bounds.sql).to_pylist()[0]
     first, last = row.pop("first_assignment_date"), row.pop("last_assignment_date")
+    null_units, null_times = (
+        int(row.pop("null_unit_rows") or 0),
+        int(row.pop("null_timestamp_rows") or 0),
+    )
     if first is None:
         return None
+    sources = {m.source.name: m.source for m in metrics}
+    last_dates = {
+        sources[k.removeprefix("last_date__")]: d for k, d in row.items() if d is not None
+    }
+    if not last_dates:
+        raise DataError(f"experiment {experiment_id!r}: the metric sources have no rows")
+    today = max(run_date, datetime.now(UTC).date())
+    future = {}
+    for source, day in list(last_dates.items()):
+        if day > today:
+            sql = compile_rows_after(source, today, dialect=engine.dialect).sql
+            found = engine.query(sql).to_pylist()[0]
+            future[source.table] = int(found["n_rows"])
+            last_dates[source] = found["last_date"] or day
+    data_through = min(min(last_dates.values()), run_date)
     if as_of is None:
-        last_dates = [d for d in row.values() if d is not None]
-        if not last_dates:
-            raise DataError(f"experiment {experiment_id!r}: the metric sources have no rows")
-        # The earliest of the sources' last dates: a window is complete only when every
-        # source has data through its end.
-        as_of = min(last_dates)
-    return ExperimentDates(first_assignment=first, last_assignment=last, as_of=as_of)
+        as_of = data_through
+    elif as_of > data_through:
+        have = ", ".join(f"{s.table!r} through {d}" for s, d in last_dates.items())
+        raise DataError(
+            f"{config.path}: experiment {experiment_id!r}: --as-of {as_of} is after the data "
+            f"({have}; run date {run_date}): windows ending after {data_through} would count "
+            f"as complete with days missing. Give an as-of date on or before {data_through}, "
+            f"or leave it out to use the last date every source has"
+        )
+    return DataBounds(
+        dates=ExperimentDates(first_assignment=first, last_assignment=last, as_of=as_of),
+        null_unit_rows=null_units,
+        null_timestamp_rows=null_times,
+        future_rows=future,
+    )
 
 
 def compile_experiment(
@@ -109,8 +163,8 @@ def compile_experiment(
     """The moments statement for an experiment, checked against the real schema."""
     metrics = resolve_metrics(config, registry, experiment_id, metric_names)
     check_schema(config, metrics, engine)
-    dates = resolve_dates(config, metrics, experiment_id, engine, as_of)
-    if dates is None:
+    bounds = resolve_dates(config, metrics, experiment_id, engine, as_of)
+    if bounds is None:
         raise DataError(
             f"experiment {experiment_id!r}: no rows in the assignment table "
             f"{config.run.assignments.table!r}; check the experiment id"
@@ -119,7 +173,7 @@ def compile_experiment(
         config.experiment(experiment_id),
         metrics,
         config.run.assignments,
-        dates,
+        bounds.dates,
         dialect=dialect or engine.dialect,
     )
 
@@ -175,7 +229,8 @@ def run_experiment(
     computed_at = datetime.now(UTC)
     run_date = run_date or computed_at.date()
     assignments = config.run.assignments
-    dates = resolve_dates(config, metrics, experiment_id, engine, as_of)
+    bounds = resolve_dates(config, metrics, experiment_id, engine, as_of, run_date)
+    dates = bounds.dates if bounds is not None else None
 
     # One statement returns the assignment counts and every metric's sufficient statistics
     # (per cell; see readout); without any assignment there is nothing to read.
@@ -187,6 +242,15 @@ def run_experiment(
         cells = read_cells(engine.query(query.sql), query.layout)
     summary = assignment_counts(cells) if cells is not None else []
     checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
+    if bounds is not None:
+        checks += data_checks(
+            experiment,
+            n_rows=sum(s.n_rows for s in summary),
+            null_unit_rows=bounds.null_unit_rows,
+            null_timestamp_rows=bounds.null_timestamp_rows,
+            future_rows=bounds.future_rows,
+            today=max(run_date, computed_at.date()),
+        )
     exposure_counts = None
     if config.run.exposures is not None:
         exposure_sql = compile_exposure_health(

@@ -5,8 +5,12 @@ WITH xp_assigned_rows AS (
     CAST(assignment_timestamp AS DATE) AS assignment_date,
     exposed_flag AS exposed
   FROM experiment_assignments
+  /* Rows without a unit or a timestamp are counted by the bounds statement and left out; */
+  /* units assigned after the as-of date are not in the experiment yet. */
   WHERE
     experiment_id = 'exp\'s "quoted" id'
+    AND NOT member_id IS NULL
+    AND CAST(assignment_timestamp AS DATE) <= CAST('2024-01-14' AS DATE)
 ), xp_unit_assignments AS (
   /* Several variants iff the smallest and largest differ: no COUNT(DISTINCT), which costs */
   /* two extra aggregations and a join over the assignment rows. */

@@ -13,6 +13,7 @@ from xpkit.compile.statements import (
     compile_bounds,
     compile_exposure_health,
     compile_moments,
+    compile_rows_after,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "compile_bounds",
     "compile_exposure_health",
     "compile_moments",
+    "compile_rows_after",
 ]

@@ -233,6 +233,24 @@ def compile_bounds(
     )
 
 
+def compile_rows_after(
+    source: type[Source], day: date, *, dialect: str = "duckdb"
+) -> CompiledQuery:
+    """How many rows of ``source`` are dated after ``day`` (rows from the future), and the
+    last date on or before it (the source's real end)."""
+    row_date = exp.cast(exp.column(source.time), "DATE")
+    cut = exp.cast(exp.Literal.string(day.isoformat()), "DATE")
+    after = exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=row_date > cut))
+    last = exp.Filter(
+        this=exp.Max(this=row_date.copy()),
+        expression=exp.Where(this=row_date.copy() <= cut.copy()),
+    )
+    tree = exp.select(after.as_("n_rows"), last.as_("last_date")).from_(exp.to_table(source.table))
+    return CompiledQuery(
+        sql=finish(render(tree), dialect), dialect=dialect, sources=(source.table,)
+    )
+
+
 def compile_exposure_health(
     experiment: ExperimentConfig,
     assignments: AssignmentColumns,

@@ -98,13 +98,16 @@ def decide(
                 f"minimum sample not met: {min_units_observed} of {experiment.min_units} units "
                 f"in the smallest variant"
             )
+        waiting = [c for c in checks if c.wait and not c.passed]
+        for check in waiting:
+            reasons.append(f"not ready: {check.detail}")
         verdict = (stopping or {}).get(variant)
         if verdict is not None and verdict.reason:
             reasons.append(verdict.reason)
         state = "fixed" if verdict is None else verdict.state
 
         kind: DecisionKind
-        if not (runtime_ok and units_ok):
+        if not (runtime_ok and units_ok) or waiting:
             # Too early to end the test either way: a breach or harm seen now is reported
             # in the reasons, but one noisy day does not end an experiment.
             kind = "keep_running"

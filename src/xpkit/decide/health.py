@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from xpkit.config import ExperimentConfig
 from xpkit.readout import AssignmentSummary
@@ -18,12 +19,16 @@ from xpkit.stats.srm import srm_test
 
 @dataclass(frozen=True)
 class Check:
+    """One health check. A failed ``gate`` makes every result invalid; a failed ``wait``
+    check means the experiment is healthy but not ready to decide (keep running)."""
+
     name: str
     value: float | None
     threshold: float | None
     passed: bool
     gate: bool
     detail: str
+    wait: bool = False
 
 
 def _share(part: int, whole: int) -> float:
@@ -138,15 +143,18 @@ def run_checks(
     )
     n_complete = sum(s.n_complete for s in single)
     share_incomplete = _share(n_single - n_complete, n_single)
+    # Immature is not invalid: units still inside their window are a reason to wait,
+    # not a broken experiment.
     checks.append(
         Check(
             "incomplete_windows",
             share_incomplete,
             experiment.max_incomplete_share,
             share_incomplete <= experiment.max_incomplete_share,
-            True,
-            f"{n_single - n_complete} of {n_single} units ({share_incomplete:.2%}) are excluded "
-            f"because their {experiment.window[1] + 1}-day window is not complete yet",
+            False,
+            f"{n_single - n_complete} of {n_single} units ({share_incomplete:.2%}) have not "
+            f"completed their {experiment.window[1] + 1}-day window yet and are not analysed",
+            wait=True,
         )
     )
     if experiment.start_date or experiment.end_date:
@@ -171,6 +179,51 @@ def run_checks(
                 ),
             )
         )
+    return checks
+
+
+def data_checks(
+    experiment: ExperimentConfig,
+    *,
+    n_rows: int,
+    null_unit_rows: int,
+    null_timestamp_rows: int,
+    future_rows: Mapping[str, int],
+    today: date,
+) -> list[Check]:
+    """Defects of the data itself: assignment rows without a unit or a timestamp (left
+    out, never merged into one unit), and fact rows dated after today."""
+    n_null = null_unit_rows + null_timestamp_rows
+    share = _share(n_null, n_rows + n_null)
+    checks = [
+        Check(
+            "null_assignment_keys",
+            share,
+            experiment.max_null_key_share,
+            share <= experiment.max_null_key_share,
+            True,
+            f"{null_unit_rows} assignment rows without a unit id and {null_timestamp_rows} "
+            f"without a timestamp ({share:.2%} of the experiment's rows) are left out"
+            if n_null
+            else "every assignment row has a unit id and a timestamp",
+        )
+    ]
+    future = {table: n for table, n in future_rows.items() if n}
+    checks.append(
+        Check(
+            "rows_in_the_future",
+            float(sum(future.values())),
+            0,
+            not future,
+            True,
+            "; ".join(
+                f"table {table!r} has {n} rows dated after today ({today}): dates in the "
+                f"future point at a broken date column or clock; fix or filter those rows"
+                for table, n in future.items()
+            )
+            or f"no fact rows dated after today ({today})",
+        )
+    )
     return checks
 
 
