@@ -19,12 +19,12 @@ from xpkit import __version__
 from xpkit.compile import DIALECTS
 from xpkit.config import LoadedConfig, load_config
 from xpkit.define.registry import MetricRegistry, load_metrics
-from xpkit.engines import Engine, open_engine
+from xpkit.engines import Engine
 from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
 from xpkit.output.schemas import CHECKS_FILE, HISTORY_FILE
 from xpkit.output.storage import find_scorecards, read_table
 from xpkit.output.terminal import render_history, render_plan, render_scorecard
-from xpkit.runner import compile_experiment, run_all
+from xpkit.runner import compile_experiment, engine_for, run_all
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -60,13 +60,7 @@ def _engine(
     config: LoadedConfig, name: str | None, memory_limit: str | None, threads: int | None
 ) -> Engine:
     """The engine ``--engine`` names, else the config's ``engine`` setting."""
-    return open_engine(
-        name or config.run.engine,
-        config.run.tables,
-        database=config.run.database,
-        memory_limit=memory_limit,
-        threads=threads,
-    )
+    return engine_for(config, name, memory_limit=memory_limit, threads=threads)
 
 
 _engine_option = click.option(

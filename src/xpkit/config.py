@@ -194,9 +194,26 @@ class RunConfig(_Strict):
     database: str | None = None
     metrics_dir: str | None = None
     engine: Literal["duckdb", "spark"] = "duckdb"  # where the SQL runs
+    # The zone that turns every timestamp into a calendar date (assignment days, windows),
+    # on every engine, whatever the machine's own zone.
+    timezone: str = "UTC"
     assignments: AssignmentColumns = AssignmentColumns()
     exposures: ExposureLog | None = None
     experiment: list[ExperimentConfig] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'UTC' or "
+                "'America/Los_Angeles'"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RunConfig:

@@ -353,6 +353,24 @@ def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
     return replace(run, paths=tuple(paths))
 
 
+def engine_for(
+    config: LoadedConfig,
+    name: str | None = None,
+    *,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> Engine:
+    """The engine ``name`` (else the config's ``engine``) over the config's tables."""
+    return open_engine(
+        name or config.run.engine,
+        config.run.tables,
+        database=config.run.database,
+        memory_limit=memory_limit,
+        threads=threads,
+        timezone=config.run.timezone,
+    )
+
+
 def run_all(
     config: LoadedConfig,
     registry: MetricRegistry,
@@ -368,13 +386,7 @@ def run_all(
     history: bool = False,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's)."""
-    engine = open_engine(
-        engine_name or config.run.engine,
-        config.run.tables,
-        database=config.run.database,
-        memory_limit=memory_limit,
-        threads=threads,
-    )
+    engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
         runs = []
         filed = run_date or datetime.now(UTC).date()

@@ -21,14 +21,21 @@ def open_engine(
     database: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
+    timezone: str = "UTC",
 ) -> Engine:
     """The engine a run asked for, by name (each imported only when asked for)."""
     if name == "duckdb":
         from xpkit.engines.duckdb import DuckDBEngine
 
-        return DuckDBEngine(tables, database=database, memory_limit=memory_limit, threads=threads)
+        return DuckDBEngine(
+            tables,
+            database=database,
+            memory_limit=memory_limit,
+            threads=threads,
+            timezone=timezone,
+        )
     if name == "spark":
         from xpkit.engines.spark import SparkEngine  # optional dependency
 
-        return SparkEngine(tables)
+        return SparkEngine(tables, timezone=timezone)
     raise DataError(f"unknown engine {name!r}; choose 'duckdb' or 'spark'")

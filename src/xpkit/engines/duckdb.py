@@ -25,10 +25,13 @@ class DuckDBEngine:
         memory_limit: str | None = None,
         threads: int | None = None,
         temp_directory: str | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.con = duckdb.connect(database or ":memory:", read_only=bool(database))
         # Scheduled runs write logs: no carriage-return progress bar in them.
         self.con.execute("SET enable_progress_bar = false")
+        # A TIMESTAMPTZ becomes a calendar date in this zone, not in the machine's.
+        self.con.execute(f"SET TimeZone = {exp.Literal.string(timezone).sql()}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = {exp.Literal.string(memory_limit).sql()}")
         if threads:

@@ -24,9 +24,8 @@ from xpkit.locations import is_file_location
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-# Dates come from casting timestamps; with the session in UTC, Spark's DATE of a timestamp
-# is the same calendar day DuckDB computes, so windows line up across engines.
-_TIME_ZONE = "UTC"
+# Dates come from casting timestamps in the session zone, which is the config's timezone
+# on every engine, so windows line up across engines and machines.
 _TIME_ZONE_KEY = "spark.sql.session.timeZone"
 # Spark's error conditions for names that do not resolve to data.
 _MISSING_DATA = (
@@ -55,6 +54,7 @@ class SparkEngine:
         *,
         session: SparkSession | None = None,
         app_name: str = "xpkit",
+        timezone: str = "UTC",
     ) -> None:
         try:
             from pyspark.sql import SparkSession
@@ -72,7 +72,7 @@ class SparkEngine:
         self.spark: SparkSession = session
         # A session we were handed keeps its own time zone once we are done with it.
         self._previous_time_zone = session.conf.get(_TIME_ZONE_KEY, None)
-        session.conf.set(_TIME_ZONE_KEY, _TIME_ZONE)
+        session.conf.set(_TIME_ZONE_KEY, timezone)
         self._views: list[str] = []
         for name, location in (tables or {}).items():
             self._register(name, location)
