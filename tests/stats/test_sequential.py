@@ -243,3 +243,69 @@ def test_aa_peeking_inflates_naive_but_not_sequential_error() -> None:
     assert naive > alpha + 8 * mc_se  # ~0.2 for 20 looks
     assert always_valid[:, -1].mean() <= alpha + 3 * mc_se
     assert group_seq <= alpha + 3 * mc_se
+
+
+# -- e-values --------------------------------------------------------------------------
+def test_e_values_are_the_current_likelihood_ratio_from_raw_data() -> None:
+    d = paired_data(400, effect=0.3, seed=21)
+    sizes = [10, 40, 80, 160, 240, 320, 400]
+    estimates, ses = looks_of(d, sizes)
+    result = msprt(estimates, ses, tau=0.4)
+    direct = np.array([mixture_lr_by_quadrature(d[:n], 0.4) for n in sizes])
+    np.testing.assert_allclose(result.e_values, direct, rtol=1e-6)
+    assert result.e_value == pytest.approx(direct[-1], rel=1e-6)
+    # The e-value may fall back; the p-value keeps 1 / running maximum.
+    np.testing.assert_allclose(
+        result.p_values, np.minimum(1.0, 1 / np.maximum.accumulate(direct)), rtol=1e-6
+    )
+
+
+def test_confidence_sequence_e_values_are_its_mixture_martingale() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.3, SIGMA, 900)
+    sizes = [100, 300, 900]
+    est = [x[:n].mean() for n in sizes]
+    se = [SIGMA / math.sqrt(n) for n in sizes]
+    result = confidence_sequence(est, se, sizes, rho=0.1)
+    direct = [mixture_martingale(x[:n], 0.0, 0.1) for n in sizes]
+    np.testing.assert_allclose(result.e_values, direct, rtol=1e-8)
+
+
+def test_e_values_carry_over_looks_without_information() -> None:
+    estimates = np.array([np.nan, 0.5, np.nan, -0.1, 0.2])
+    ses = np.array([0.3, 0.3, 0.2, 0.1, 0.0])  # looks 1 and 3 no estimate, look 5 no variance
+    result = msprt(estimates, ses, tau=0.2)
+    lr = np.exp(msprt_log_likelihood_ratio([0.5, -0.1], [0.3, 0.1], 0.2))
+    np.testing.assert_allclose(result.e_values, [1.0, lr[0], lr[0], lr[1], lr[1]], rtol=1e-12)
+    # Several sequences at once: looks along the last axis, the property takes the last.
+    many = msprt(np.array([[0.5, 0.1], [0.2, 0.9]]), np.array([[0.3, 0.2], [0.3, 0.2]]), 0.2)
+    assert many.e_value.shape == (2,)
+    np.testing.assert_array_equal(many.e_value, many.e_values[:, -1])
+
+
+def test_current_lr_is_an_e_value_and_its_running_maximum_is_not() -> None:
+    # Exact at one look: E_H0[Lambda] = int Lambda(z) phi(z) dz = 1 for est ~ N(0, V).
+    var, tau = 0.04, 0.3
+
+    def weighted(z: float) -> float:
+        est = z * math.sqrt(var)
+        log_lr = float(msprt_log_likelihood_ratio(est, math.sqrt(var), tau))
+        return math.exp(log_lr + stats.norm.logpdf(z))
+
+    mean_lr, _ = integrate.quad(weighted, -np.inf, np.inf, epsabs=0, epsrel=1e-10)
+    assert mean_lr == pytest.approx(1.0, abs=1e-8)
+    # Over 28 looks: at a stopping time (first look with Lambda >= 3, else the last) the mean
+    # stays at 1; the running maximum's mean is well above 1.
+    rng = np.random.default_rng(99)
+    sims, looks, batch = 20_000, 28, 200
+    n = batch * np.arange(1, looks + 1)
+    estimates = np.cumsum(rng.normal(0.0, 1.0, (sims, looks)) * math.sqrt(batch), axis=1) / n
+    ses = 1 / np.sqrt(n)
+    result = msprt(estimates, ses, tau=0.1)
+    hit = result.e_values >= 3
+    stop = np.where(hit.any(axis=1), hit.argmax(axis=1), looks - 1)
+    at_stop = result.e_values[np.arange(sims), stop]
+    se_stop = at_stop.std(ddof=1) / math.sqrt(sims)
+    assert abs(at_stop.mean() - 1.0) < 4 * se_stop
+    running_max = 1 / result.p_values[:, -1]
+    assert running_max.mean() > 1.3

@@ -66,6 +66,26 @@ class SequentialResult:
     ``p_values`` never increase and the interval never widens from one look to the next
     (running minimum / running intersection), so the latest look carries all the evidence.
     ``rejected[..., k]`` is ``p_values[..., k] <= alpha``: once true it stays true.
+
+    ``e_values[..., k]`` is the mixture likelihood ratio *at* look ``k``, ``Lambda_k`` (for
+    the confidence sequence, its mixture martingale ``M_k``); a look without information
+    carries the previous look's value (1 before the first informative look). What is and
+    is not an e-value (``E_H0[.] <= 1``):
+
+    - ``Lambda_k`` at a fixed look, and ``Lambda_tau`` at any stopping time ``tau`` -- a
+      look chosen using only the data seen so far, e.g. "the first day some decision rule
+      fires" -- by optional stopping of a nonnegative martingale with ``Lambda_0 = 1``;
+      so is ``Lambda_{tau_i}`` for hypothesis-specific stopping times ``tau_i`` when the
+      units are independent over time (each ``Lambda_i`` is then a martingale for the
+      data of all hypotheses together). These are what e-BH
+      (:func:`xpkit.stats.multiple.e_bh`) may combine across hypotheses: e-BH on them
+      controls the FDR at ``alpha`` at that stopping time under any dependence.
+    - NOT the running maximum ``max_{j<=k} Lambda_j = 1 / p_values[..., k]``: its
+      expectation under ``H0`` grows with the number of looks, and feeding it to e-BH
+      voids the guarantee. Ville's inequality makes ``1 / max`` a valid p-value per
+      hypothesis (which is what ``p_values`` reports), not an e-value.
+
+    As with the p-values the guarantee is asymptotic under a plug-in variance.
     """
 
     method: str
@@ -77,6 +97,13 @@ class SequentialResult:
     ci_low: np.ndarray
     ci_high: np.ndarray
     rejected: np.ndarray
+    e_values: np.ndarray
+
+    @property
+    def e_value(self) -> np.ndarray | float:
+        """The e-value at the latest look, ``e_values[..., -1]`` (a float for 1-D input)."""
+        last = self.e_values[..., -1]
+        return float(last) if last.ndim == 0 else last
 
     @property
     def first_rejection(self) -> int | None:
@@ -124,7 +151,9 @@ def msprt(
         half_width = np.sqrt(
             var * (var + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log1p(tau**2 / var))
         )
-    return _running("msprt", alpha, theta0, tau, raw, log_lr, np.where(valid, half_width, np.inf))
+    return _running(
+        "msprt", alpha, theta0, tau, raw, log_lr, np.where(valid, half_width, np.inf), valid
+    )
 
 
 def confidence_sequence(
@@ -168,6 +197,7 @@ def confidence_sequence(
         raw,
         np.where(valid, log_m, 0.0),
         np.where(valid, half_width, np.inf),
+        valid,
     )
 
 
@@ -245,6 +275,7 @@ def _running(
     est: np.ndarray,
     log_lr: np.ndarray,
     half_width: np.ndarray,
+    valid: np.ndarray | None = None,
 ) -> SequentialResult:
     # Invalid looks arrive with an infinite half-width, so they never narrow the interval
     # (inf - inf would be nan: the placeholder estimate keeps it finite).
@@ -255,6 +286,14 @@ def _running(
     p_values = np.minimum.accumulate(p_look, axis=-1)
     ci_low = np.maximum.accumulate(centre - half_width, axis=-1)
     ci_high = np.minimum.accumulate(centre + half_width, axis=-1)
+    # The e-value is the current likelihood ratio, not its running maximum; a look without
+    # information repeats the last informative look's ratio (1 before the first one).
+    informative = np.ones(log_lr.shape, dtype=bool) if valid is None else valid
+    look = np.arange(log_lr.shape[-1])
+    last = np.maximum.accumulate(np.where(informative, look, -1), axis=-1)
+    carried = np.take_along_axis(log_lr, np.maximum(last, 0), axis=-1)
+    with np.errstate(over="ignore"):
+        e_values = np.where(last >= 0, np.exp(carried), 1.0)
     return SequentialResult(
         method=method,
         alpha=alpha,
@@ -265,6 +304,7 @@ def _running(
         ci_low=ci_low,
         ci_high=ci_high,
         rejected=p_values <= alpha,
+        e_values=e_values,
     )
 
 
