@@ -1,7 +1,7 @@
 """Digest of every table a run writes on the sample data, to prove a change moved no number.
 
 Generates the sample data (fixed seed), runs every sample experiment with its daily
-history on one thread (a fixed order of floating-point sums), and prints one SHA-256 per
+history (on one thread unless ``--threads`` says otherwise), and prints one SHA-256 per
 output column, over its values in a canonical row order (sorted by the key columns);
 ``computed_at`` is left out (the only column that differs between identical runs). Run it
 before and after a change and diff the two listings: a changed number shows as a changed
@@ -46,6 +46,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="scratch folder")
     parser.add_argument("--members", type=int, default=40_000)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="DuckDB threads (identical runs agree at any)"
+    )
     args = parser.parse_args()
     data = args.work / "data"
     if not (data / "experiments.toml").exists():
@@ -67,7 +70,7 @@ def main() -> int:
             "--run-date",
             "2026-01-31",
             "--threads",
-            "1",
+            str(args.threads),
             "--quiet",
         ],
         stdout=subprocess.DEVNULL,

@@ -794,7 +794,7 @@ def bench_size(
         "scorecards_agree": scorecard_ok,
         "max_mean_rel": max([moments.max_mean_rel] + [s.max_mean_rel for s in scorecards]),
         "max_comoment_rel": moments.max_comoment_rel,
-        "cells": moments.by_key,
+        "cells": moments.cells,
     }
     print_report(report)
     return report
