@@ -50,8 +50,27 @@ def bucket(
 HEALTHY = [bucket("control", 5000, exposed=3000), bucket("treatment", 5020, exposed=3010)]
 
 
-def checks_of(summary: list[AssignmentSummary], **kw: object) -> dict[str, Check]:
-    return {c.name: c for c in run_checks(EXPERIMENT, summary, exposure_configured=True, **kw)}
+def spread(summary: list[AssignmentSummary], exposed: bool = False) -> list[dict[str, int]]:
+    """The buckets' units over ten assignment days, as the cells give them."""
+    days: list[dict[str, int]] = [{} for _ in range(10)]
+    for s in summary:
+        if s.variant is None:
+            continue
+        total = s.n_exposed if exposed else s.n_units
+        for d in range(10):
+            days[d][s.variant] = total // 10 + (total % 10 if d == 9 else 0)
+    return days
+
+
+def checks_of(summary: list[AssignmentSummary]) -> dict[str, Check]:
+    checks = run_checks(
+        EXPERIMENT,
+        summary,
+        exposure_configured=True,
+        daily=spread(summary),
+        daily_exposed=spread(summary, exposed=True),
+    )
+    return {c.name: c for c in checks}
 
 
 def test_a_healthy_experiment_passes_every_check() -> None:
@@ -59,15 +78,30 @@ def test_a_healthy_experiment_passes_every_check() -> None:
     assert all(c.passed for c in checks.values()), [c for c in checks.values() if not c.passed]
     assert not failed_gates(list(checks.values()))
     assert set(checks) == {
-        "unknown_variants", "srm_assignment", "srm_exposed", "multi_variant_units",
-        "duplicate_assignment_rows", "incomplete_windows", "assignments_within_dates",
+        "unknown_variants", "srm_assignment", "srm_assignment_chisquare", "srm_exposed",
+        "srm_exposed_chisquare", "multi_variant_units", "duplicate_assignment_rows",
+        "incomplete_windows", "assignments_within_dates",
     }  # fmt: skip
 
 
-def test_srm_on_assignment_is_a_gate() -> None:
-    check = checks_of([bucket("control", 5000), bucket("treatment", 5600)])["srm_assignment"]
+def test_srm_on_assignment_is_a_gate_with_the_chi_square_beside_it() -> None:
+    checks = checks_of([bucket("control", 5000), bucket("treatment", 5600)])
+    check = checks["srm_assignment"]
     assert not check.passed and check.gate
-    assert "SAMPLE RATIO MISMATCH" in check.detail and "control 5000" in check.detail
+    assert "SAMPLE RATIO MISMATCH: always-valid p" in check.detail
+    assert "over 10 assignment days" in check.detail and "control 5000" in check.detail
+    reference = checks["srm_assignment_chisquare"]
+    assert not reference.gate and not reference.passed
+    # The always-valid p-value pays for looking every day: larger than the one-look one.
+    assert check.value is not None and reference.value is not None
+    assert check.value > reference.value
+
+
+def test_a_mismatch_the_daily_chi_square_would_flag_by_peeking_does_not_trip_the_gate() -> None:
+    # 5000 vs 5230: chi-square p ~ 0.022, a "mismatch" at 0.05 on one look of many.
+    checks = checks_of([bucket("control", 5000), bucket("treatment", 5230)])
+    assert checks["srm_assignment"].passed
+    assert checks["srm_assignment_chisquare"].value < 0.05
 
 
 def test_srm_on_exposed_units_is_a_gate() -> None:
@@ -120,7 +154,7 @@ def test_incomplete_windows_mean_wait_not_invalid() -> None:
 
 
 def test_no_assignments_is_a_gate() -> None:
-    (check,) = run_checks(EXPERIMENT, [], exposure_configured=False)
+    (check,) = run_checks(EXPERIMENT, [], exposure_configured=False, daily=[])
     assert check.name == "assignments_present" and not check.passed and check.gate
     assert "no assignment rows for experiment 'exp'" in check.detail
 

@@ -55,7 +55,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     con.execute(f"""
         COPY (
           SELECT 'tz' AS experiment_id, i AS member_id,
-                 CASE WHEN i % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant,
+                 CASE WHEN hash(i) % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant,
                  TIMESTAMPTZ '2024-01-01 23:00:00+00' + INTERVAL (i % 10) DAY
                    + INTERVAL (i % 9) HOUR AS assignment_timestamp,
                  TRUE AS exposed_flag
@@ -64,7 +64,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     con.execute(f"""
         COPY (
           SELECT i AS member_id, DATE '2023-12-25' + INTERVAL (d) DAY AS day,
-                 (hash(i * 31 + d) % 50)::DOUBLE + (i % 2) AS minutes
+                 (hash(i * 31 + d) % 50)::DOUBLE + (hash(i) % 2)::DOUBLE AS minutes
           FROM range(4000) t(i), range(30) s(d)
         ) TO '{root}/daily.parquet' (FORMAT PARQUET)""")
     (root / "metrics").mkdir()

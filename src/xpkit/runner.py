@@ -48,7 +48,13 @@ from xpkit.output.tables import (
     build_history_table,
     build_scorecard,
 )
-from xpkit.readout import assignment_counts, read_cells, read_history, read_moments
+from xpkit.readout import (
+    assignment_counts,
+    daily_counts,
+    read_cells,
+    read_history,
+    read_moments,
+)
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,13 @@ def run_experiment(
         assert query.layout is not None
         cells = read_cells(engine.query(query.sql), query.layout)
     summary = assignment_counts(cells) if cells is not None else []
-    checks = run_checks(experiment, summary, exposure_configured=assignments.exposed is not None)
+    checks = run_checks(
+        experiment,
+        summary,
+        exposure_configured=assignments.exposed is not None,
+        daily=daily_counts(cells) if cells is not None else [],
+        daily_exposed=daily_counts(cells, exposed=True) if cells is not None else [],
+    )
     if bounds is not None:
         checks += data_checks(
             experiment,

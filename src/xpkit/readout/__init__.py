@@ -4,7 +4,13 @@ Reads the moments statement's result through the :class:`~xpkit.layout.MomentsLa
 knows nothing of SQL text or statistics.
 """
 
-from xpkit.readout.cells import AssignmentSummary, Cells, assignment_counts, read_cells
+from xpkit.readout.cells import (
+    AssignmentSummary,
+    Cells,
+    assignment_counts,
+    daily_counts,
+    read_cells,
+)
 from xpkit.readout.populations import MomentsKey, MomentsTable, read_history, read_moments
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "MomentsKey",
     "MomentsTable",
     "assignment_counts",
+    "daily_counts",
     "read_cells",
     "read_history",
     "read_moments",

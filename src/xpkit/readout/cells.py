@@ -132,6 +132,18 @@ class AssignmentSummary:
     last_assignment_date: date | None
 
 
+def daily_counts(cells: Cells, *, exposed: bool = False) -> list[dict[str, int]]:
+    """Units per variant by assignment date, oldest first (units in several variants apart);
+    ``exposed=True`` counts the exposed units only. The looks of the sequential SRM test."""
+    by_day: dict[date, dict[str, int]] = {}
+    for r, variant in enumerate(cells.variant):
+        if variant is None or cells.multi_variant[r] or (exposed and not cells.exposed[r]):
+            continue
+        day = by_day.setdefault(cells.assignment_date[r], {})
+        day[variant] = day.get(variant, 0) + int(cells.n[r])
+    return [by_day[d] for d in sorted(by_day)]
+
+
 def assignment_counts(cells: Cells) -> list[AssignmentSummary]:
     """Per variant bucket (units in several variants apart): the SRM and health counts."""
     buckets: dict[tuple[str | None, bool], list[int]] = {}
