@@ -111,3 +111,84 @@ def test_gates_and_minimum_runtime(checks, days, units, expected, reason) -> Non
     out = decide(experiment, METRICS, results, checks, days_observed=days, min_units_observed=units)
     assert all(d.decision == expected for d in out)
     assert all(any(reason in r for r in d.reasons) for d in out)
+
+
+# --- the decision reads the corrected p-value the configuration asks for ----------------
+def _result(metric: str, variant: str, p: float, adjusted: float | None, role: str = "primary"):
+    from xpkit.decide.analysis import MetricResult
+    from xpkit.stats.effect import Effect
+
+    effect = Effect(
+        "welch", 1000, 1000, 10.0, 10.5, 0.5, 0.2, 0.1, 0.9, 0.05, 0.02, 0.01, 0.09, p, 0.05
+    )
+    return MetricResult(
+        population="itt", metric=metric, role=role, variant=variant, effect=effect,
+        p_value_adjusted=adjusted,
+    )  # fmt: skip
+
+
+def test_the_decision_uses_the_adjusted_p_value_not_the_raw_one() -> None:
+    exp = ExperimentConfig(
+        id="one", control="control", weights={"control": 0.5, "a": 0.5}, metrics=["watch"],
+        stopping_rule="fixed_horizon", min_days=1, min_units=10,
+    )  # fmt: skip
+    significant_raw = [_result("watch", "a", 0.01, adjusted=0.08)]
+    (d,) = decide(exp, METRICS, significant_raw, CLEAN, days_observed=14, min_units_observed=500)
+    assert d.decision == "no_ship"
+    assert "primary metric not significant: watch" in " ".join(d.reasons)
+    assert "adjusted p = 0.08" in " ".join(d.reasons)
+    (d,) = decide(
+        exp, METRICS, [_result("watch", "a", 0.01, adjusted=0.03)], CLEAN,
+        days_observed=14, min_units_observed=500,
+    )  # fmt: skip
+    assert d.decision == "ship"
+
+
+@pytest.mark.parametrize(("correction", "ships"), [("none", True), ("bh", False), ("holm", False)])
+def test_the_configured_correction_changes_the_decision(correction: str, ships: bool) -> None:
+    """One true-looking primary among six hypotheses: p = 0.02 passes alone, not after BH."""
+    from xpkit.decide.analysis import _adjust
+
+    exp = ExperimentConfig(
+        id="c", control="control", weights={"control": 0.25, "a": 0.25, "b": 0.25, "d": 0.25},
+        metrics=["watch", "sessions"], primary=["watch"], correction=correction,
+        stopping_rule="fixed_horizon", min_days=1, min_units=10,
+    )  # fmt: skip
+    raw = {("watch", "a"): 0.02, ("watch", "b"): 0.6, ("watch", "d"): 0.7}
+    raw |= {("sessions", v): 0.5 for v in ("a", "b", "d")}
+    results = [
+        _result(m, v, p, None, role="primary" if m == "watch" else "secondary")
+        for (m, v), p in raw.items()
+    ]
+    adjusted = _adjust(exp, results)
+    decisions = {
+        d.variant: d.decision
+        for d in decide(exp, METRICS, adjusted, CLEAN, days_observed=14, min_units_observed=500)
+    }
+    assert (decisions["a"] == "ship") is ships
+
+
+def test_a_failed_wait_check_keeps_the_experiment_running() -> None:
+    exp = ExperimentConfig(
+        id="w", control="control", weights={"control": 0.5, "a": 0.5}, metrics=["watch"],
+        stopping_rule="fixed_horizon", min_days=1, min_units=10,
+    )  # fmt: skip
+    young = Check("incomplete_windows", 0.6, 0.5, False, False, "60% not complete", wait=True)
+    results = [_result("watch", "a", 0.001, adjusted=0.001)]
+    (d,) = decide(exp, METRICS, results, [*CLEAN, young], days_observed=14, min_units_observed=500)
+    assert d.decision == "keep_running"
+    assert "not ready: 60% not complete" in d.reasons
+    (d,) = decide(exp, METRICS, results, CLEAN, days_observed=14, min_units_observed=500)
+    assert d.decision == "ship"
+
+
+@pytest.mark.parametrize("gate", ["srm_assignment", "multi_variant_units", "unknown_variants"])
+def test_any_failed_gate_makes_the_decision_invalid(gate: str) -> None:
+    exp = ExperimentConfig(
+        id="g", control="control", weights={"control": 0.5, "a": 0.5}, metrics=["watch"],
+        stopping_rule="fixed_horizon", min_days=1, min_units=10,
+    )  # fmt: skip
+    broken = Check(gate, 1.0, 0.0, False, True, "broken")
+    results = [_result("watch", "a", 0.001, adjusted=0.001)]
+    (d,) = decide(exp, METRICS, results, [broken], days_observed=14, min_units_observed=500)
+    assert d.decision == "invalid" and d.reasons == (f"{gate}: broken",)

@@ -6,7 +6,6 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -35,7 +34,12 @@ from xpkit.decide.health import (
     sample_checks,
 )
 from xpkit.decide.history import AlwaysValid, build_history, last_looks
-from xpkit.decide.stopping import primary_looks, stopping_verdict
+from xpkit.decide.stopping import (
+    family_always_valid_p,
+    family_size,
+    primary_looks,
+    stopping_verdict,
+)
 from xpkit.define.metric import Metric
 from xpkit.define.registry import MetricRegistry
 from xpkit.engines import Engine, open_engine
@@ -304,7 +308,7 @@ def run_experiment(
     smallest = min([n_control, *n_by_variant.values()]) if results else 0
     n_total = n_control + sum(n_by_variant.values())
     higher = {name: info.higher_is_better for name, info in infos.items()}
-    av_p = {key: look.p_value for key, look in always_valid.items() if not math.isnan(look.p_value)}
+    av_p = family_always_valid_p(experiment, always_valid)
     verdicts = {
         variant: stopping_verdict(
             experiment,
@@ -312,6 +316,7 @@ def run_experiment(
             n_total=n_total,
             days_observed=days,
             past_fractions=past_fractions,
+            family_size=family_size(experiment),
         )
         for variant in experiment.treatments
     }

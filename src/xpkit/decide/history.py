@@ -30,11 +30,16 @@ from xpkit.stats.sequential import msprt, tau_from_mde
 
 @dataclass(frozen=True)
 class AlwaysValid:
-    """The always-valid (mSPRT) p-value and interval of one look; NaN when undefined."""
+    """The always-valid (mSPRT) p-value and interval of one look; NaN when undefined.
+
+    ``e_value`` is the mixture likelihood ratio at this look (an e-value, unlike
+    ``1 / p_value``, which is its running maximum): what e-BH combines across a family.
+    """
 
     p_value: float
     ci_low: float
     ci_high: float
+    e_value: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,10 @@ def build_history(
         if math.isfinite(tau) and tau > 0:
             seq = msprt(estimates, ses, tau, alpha=experiment.alpha)
             always_valid = [
-                AlwaysValid(float(p), float(lo), float(hi))
-                for p, lo, hi in zip(seq.p_values, seq.ci_low, seq.ci_high, strict=True)
+                AlwaysValid(float(p), float(lo), float(hi), float(e))
+                for p, lo, hi, e in zip(
+                    seq.p_values, seq.ci_low, seq.ci_high, seq.e_values, strict=True
+                )
             ]
         else:
             always_valid = [AlwaysValid(math.nan, math.nan, math.nan)] * len(looks)

@@ -2,11 +2,17 @@
 
 ``always_valid`` (default)  the mSPRT's always-valid p-value of every primary metric, from
                             the run's daily history: valid under continuous monitoring.
+                            With a correction configured, the p-values are e-BH adjusted
+                            (Wang & Ramdas, 2022) over the family of primary and secondary
+                            metrics x treatment variants, from the mSPRT e-values at this
+                            look: valid under any dependence between them.
                             Without a crossing the experiment keeps running until
                             ``max_days``, then ends without a ship.
 ``group_sequential``        Lan-DeMets alpha spending (O'Brien-Fleming or Pocock shape) at
                             information fraction n / ``planned_units``; the earlier looks
-                            are the recorded runs of this experiment.
+                            are the recorded runs of this experiment. With a correction
+                            configured, each hypothesis of the family spends alpha / m
+                            (Bonferroni, valid under any dependence).
 ``fixed_horizon``           one look at ``planned_units``: before that the result is not yet
                             valid; without ``planned_units`` the minimum runtime decides.
 
@@ -21,8 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from xpkit.config import ExperimentConfig
+from xpkit.decide.history import AlwaysValid
 from xpkit.stats.effect import Effect
 from xpkit.stats.group_sequential import check_look
+from xpkit.stats.multiple import e_bh_adjusted
 
 StopState = Literal["benefit", "harm", "continue", "ended", "fixed"]
 
@@ -54,7 +62,11 @@ def stopping_verdict(
     n_total: int,
     days_observed: int,
     past_fractions: Sequence[float] = (),
+    family_size: int = 1,
 ) -> StopVerdict:
+    """The verdict for one treatment variant; ``family_size`` is the number of hypotheses
+    (primary and secondary metrics x treatment variants) the error rate is controlled over
+    (1 when no correction is configured)."""
     rule = experiment.stopping_rule
     alpha = experiment.alpha
     if not primaries:
@@ -101,7 +113,9 @@ def stopping_verdict(
     for look in primaries:
         e = look.effect
         z = e.abs_effect / e.abs_se if e.abs_se and e.abs_se > 0 else 0.0
-        verdicts.append(check_look(past, fraction, z, alpha, experiment.spending))
+        verdicts.append(
+            check_look(past, fraction, z, alpha / max(family_size, 1), experiment.spending)
+        )
     bound = verdicts[0].z_bound
     head = (
         f"group-sequential look {len(past) + 1} at information fraction {fraction:.2f}, "
@@ -114,6 +128,41 @@ def stopping_verdict(
     if verdicts[0].final:
         return StopVerdict("ended", f"{head}: final look, not crossed", fraction, bound)
     return StopVerdict("continue", f"{head}: not crossed", fraction, bound)
+
+
+def family_size(experiment: ExperimentConfig) -> int:
+    """How many hypotheses the stopping rule controls the error rate over."""
+    if experiment.correction == "none":
+        return 1
+    tested = [m for m in experiment.all_metrics if experiment.role(m) in ("primary", "secondary")]
+    return max(1, len(tested) * len(experiment.treatments))
+
+
+def family_always_valid_p(
+    experiment: ExperimentConfig, always_valid: Mapping[tuple[str, str], AlwaysValid]
+) -> dict[tuple[str, str], float]:
+    """Always-valid p-values per (metric, variant), corrected over the family.
+
+    Without a correction, each hypothesis's own always-valid p-value. With one, e-BH
+    adjusted p-values from the e-values at this look (``bh``), or the e-Bonferroni bound
+    ``min(1, m / e)`` (``holm``, family-wise): both valid under arbitrary dependence.
+    """
+    if experiment.correction == "none":
+        return {k: v.p_value for k, v in always_valid.items() if not math.isnan(v.p_value)}
+    keys = [
+        (m, v)
+        for m in experiment.all_metrics
+        if experiment.role(m) in ("primary", "secondary")
+        for v in experiment.treatments
+        if (m, v) in always_valid and not math.isnan(always_valid[(m, v)].e_value)
+    ]
+    e = [always_valid[k].e_value for k in keys]
+    if experiment.correction == "holm":
+        m = max(len(keys), 1)
+        adjusted = [min(1.0, m / x) if x > 0 else 1.0 for x in e]
+    else:
+        adjusted = [float(p) for p in e_bh_adjusted(e)] if keys else []
+    return dict(zip(keys, adjusted, strict=True))
 
 
 def primary_looks(
