@@ -28,8 +28,9 @@ POPULATION_NOTES = {
     "itt": "intent to treat: every assigned unit; the unbiased effect of the assignment",
     "tot": "treatment on the treated, SELECTED ON EXPOSURE: exposure correlates with "
     "engagement, so this is not an unbiased effect",
-    "cace": "complier average causal effect: ITT effect / share of treatment units exposed "
-    "(Wald IV, one-sided non-compliance); the honest effect per exposed unit, absolute only",
+    "cace": "complier average causal effect: the ITT effect over the exposure-rate effect, both "
+    "adjusted like the ITT row (2SLS, one-sided non-compliance); the honest effect per "
+    "exposed unit; means and relative lift are the compliers' own",
 }
 
 
@@ -170,16 +171,18 @@ def _complier_effects(
             treatment = moments.get("itt", variant, name)
             if control is None or treatment is None:
                 continue
+            # The headline ITT estimate over the first stage, both adjusted by the covariates
+            # the ITT row uses (2SLS), in the ITT row's variance convention: a proportion's
+            # p(1 - p)/n (ddof 0) unless CUPED adjusts it.
             effect = complier_effect(
                 _not_treated(control, ml.exposure),
                 treatment,
                 ml.value,
                 ml.exposure,
+                covariates=ml.covariates,
                 alpha=experiment.alpha,
+                ddof=0 if info.kind == "proportion" and not ml.covariates else 1,
             )
-            # The relative lift of an effect on compliers needs the compliers' own
-            # baseline, not the population's: report the absolute effect only.
-            effect = replace(effect, rel_lift=None, rel_se=None, rel_ci_low=None, rel_ci_high=None)
             out.append(
                 MetricResult(
                     population="cace",
