@@ -265,16 +265,22 @@ def publish(
     tables: Mapping[str, pa.Table],
     *,
     xpkit_version: str,
-    lock_wait: float = LOCK_WAIT_SECONDS,
+    lock_wait: float | None = None,
 ) -> PublishedRun:
-    """Publish one run's tables (by kind) as one unit; see the module docstring."""
+    """Publish one run's tables (by kind) as one unit; see the module docstring.
+
+    A second writer of the same experiment and run date waits up to ``lock_wait`` seconds
+    (default ``LOCK_WAIT_SECONDS``) for the first to finish, then fails naming the holder.
+    """
     if set(tables) - set(KINDS) or set(REQUIRED_KINDS) - set(tables):
         raise ValueError(
             f"tables must be {REQUIRED_KINDS} and optionally history, not {list(tables)}"
         )
     run_id = uuid.uuid4().hex
     stamped = {kind: _stamp(tables[kind], run_id) for kind in KINDS if kind in tables}
-    lock = _lock(out, experiment_id, run_date, lock_wait)
+    lock = _lock(
+        out, experiment_id, run_date, LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
+    )
     try:
         lock.acquire()
     except LockHeld as err:
