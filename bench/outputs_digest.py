@@ -3,7 +3,10 @@
 Generates the sample data (fixed seed), runs every sample experiment with its daily
 history (on one thread unless ``--threads`` says otherwise), and prints one SHA-256 per
 output column, over its values in a canonical row order (sorted by the key columns);
-``computed_at`` is left out (the only column that differs between identical runs). Run it
+``computed_at`` and ``run_id`` are left out (the only columns that differ between
+identical runs). Files are read through the glob of committed ``*.parquet`` files (one
+per kind, experiment and run date: ``scorecards/<exp>/<day>/data.parquet``; the run
+manifests are JSON and staged files never end in ``.parquet``). Run it
 before and after a change and diff the two listings: a changed number shows as a changed
 line, a new column as an added one::
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-VOLATILE = {"computed_at"}
+VOLATILE = {"computed_at", "run_id"}
 
 
 KEYS = ("experiment_id", "run_date", "analysis_date", "population", "metric", "variant", "name")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import duckdb
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from xpkit.cli import main
+from xpkit.output.storage import read_run, select_runs
 
 REQUIRED_COLUMNS = [
     "experiment_id",
@@ -58,14 +59,18 @@ def run_out(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return out, result
 
 
+def published(out: Path, experiment: str):
+    """The committed run of 2024-04-05, read through its manifest."""
+    (manifest,) = select_runs(out, experiment, date(2024, 4, 5))
+    return read_run(manifest)
+
+
 def scorecard(out: Path, experiment: str) -> list[dict]:
-    path = out / f"experiment_id={experiment}" / "run_date=2024-04-05" / "scorecard.parquet"
-    return pq.read_table(path).to_pylist()
+    return published(out, experiment).scorecard.to_pylist()
 
 
 def checks(out: Path, experiment: str) -> dict[str, dict]:
-    path = out / f"experiment_id={experiment}" / "run_date=2024-04-05" / "checks.parquet"
-    return {r["name"]: r for r in pq.read_table(path).to_pylist()}
+    return {r["name"]: r for r in published(out, experiment).checks.to_pylist()}
 
 
 def row(rows: list[dict], population: str, metric: str, variant: str = "treatment") -> dict:
@@ -200,8 +205,7 @@ def test_allow_invalid_keeps_effects_but_still_marks_invalid(
 
 def test_show_prints_the_invalid_reason_first(run_out) -> None:
     out, _ = run_out
-    path = out / "experiment_id=player_srm" / "run_date=2024-04-05" / "scorecard.parquet"
-    result = CliRunner().invoke(main, ["show", str(path)])
+    result = CliRunner().invoke(main, ["show", str(out), "--experiment", "player_srm"])
     assert result.exit_code == 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert "INVALID RESULT" in lines[2]
@@ -228,9 +232,15 @@ def test_rerun_same_day_replaces(sample_dir: Path, tmp_path: Path) -> None:
     first = scorecard(tmp_path, "homepage_ranking_v2")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["checks.parquet", "scorecard.parquet"]
+    # One unit per run: the manifest and its tables, no lock or staged file left over.
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [
+        "checks/homepage_ranking_v2/2024-04-05/data.parquet",
+        "runs/homepage_ranking_v2/2024-04-05.json",
+        "scorecards/homepage_ranking_v2/2024-04-05/data.parquet",
+    ]
     second = scorecard(tmp_path, "homepage_ranking_v2")
+    assert second[0]["run_id"] != first[0]["run_id"]
     assert len(second) == len(first)
     assert second[0]["computed_at"] >= first[0]["computed_at"]
     # Parallel float sums may differ in the last bits between runs, nothing more.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -13,6 +12,7 @@ from xpkit.cli import main
 from xpkit.config import load_config
 from xpkit.define.registry import load_metrics
 from xpkit.engines.duckdb import DuckDBEngine
+from xpkit.output.storage import read_run, select_runs
 from xpkit.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,9 @@ def test_run_history_writes_and_show_prints_it(sample_dir: Path, tmp_path: Path)
         ],
     )
     assert result.exit_code == 0, result.output
-    folder = tmp_path / "experiment_id=homepage_ranking_v2" / "run_date=2024-04-05"
-    history = pq.read_table(folder / "history.parquet")
+    (manifest,) = select_runs(tmp_path, "homepage_ranking_v2", date(2024, 4, 5))
+    history = read_run(manifest).history
+    assert history is not None
     assert history.column("analysis_date").to_pylist()[-1] == date(2024, 4, 4)
     shown = CliRunner().invoke(main, ["show", str(tmp_path)]).output
     assert "Effect over time (ITT)" in shown

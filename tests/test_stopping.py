@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from datetime import date
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -13,6 +13,7 @@ from xpkit.cli import main
 from xpkit.config import ExperimentConfig
 from xpkit.decide.history import AlwaysValid
 from xpkit.decide.stopping import PrimaryLook, stopping_verdict
+from xpkit.output.storage import read_run, select_runs
 from xpkit.stats.effect import Effect
 
 
@@ -101,9 +102,8 @@ def test_group_sequential_look_number_comes_from_recorded_runs(sample_copy: Path
             ],
         )
         assert result.exit_code == exit_code, result.output
-    rows = pq.read_table(
-        out / "experiment_id=homepage_ranking_v2" / "run_date=2024-04-05" / "scorecard.parquet"
-    ).to_pylist()
+    (manifest,) = select_runs(out, "homepage_ranking_v2", date(2024, 4, 5))
+    rows = read_run(manifest).scorecard.to_pylist()
     first = rows[0]
     assert first["stopping_rule"] == "group_sequential"
     assert any("group-sequential look 2" in r for r in first["decision_reasons"])

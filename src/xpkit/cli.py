@@ -21,8 +21,7 @@ from xpkit.config import LoadedConfig, load_config
 from xpkit.define.registry import MetricRegistry, load_metrics
 from xpkit.engines import Engine
 from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
-from xpkit.output.schemas import CHECKS_FILE, HISTORY_FILE
-from xpkit.output.storage import find_scorecards, read_table
+from xpkit.output.storage import read_run, select_runs
 from xpkit.output.terminal import render_history, render_plan, render_scorecard
 from xpkit.runner import compile_experiment, engine_for, run_all
 
@@ -314,25 +313,34 @@ def power_command(
 
 
 @main.command("show")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--experiment", "experiment_id", default=None, help="Only this experiment id.")
+@click.option(
+    "--run-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="The run filed under this date (default: each experiment's newest).",
+)
 @_guard
-def show_command(path: Path) -> int:
-    """Print a scorecard (a scorecard.parquet, or the newest run of each experiment under a folder).
+def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int:
+    """Print the newest committed run of each experiment under DIR (the --out of run).
+
+    Only committed runs are read (through their manifests), each whole: its scorecard,
+    checks and, when it has one, the history of that same run.
 
     \b
     Example:
-      xpkit show scorecards/
+      xpkit show scorecards/ --experiment homepage_ranking_v2 --run-date 2024-04-05
     """
-    for i, file in enumerate(find_scorecards(path)):
-        checks_path = file.parent / CHECKS_FILE
-        checks = read_table(checks_path) if checks_path.exists() else None
+    selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
+    runs = [read_run(manifest) for manifest in selected]
+    for i, run in enumerate(runs):
         if i:
             click.echo("")
-        click.echo(render_scorecard(read_table(file), checks))
-        history_path = file.parent / HISTORY_FILE
-        if history_path.exists():
+        click.echo(render_scorecard(run.scorecard, run.checks))
+        if run.history is not None:
             click.echo("")
-            click.echo(render_history(read_table(history_path)))
+            click.echo(render_history(run.history))
     return EXIT_OK
 
 

@@ -44,8 +44,7 @@ from xpkit.define.metric import Metric
 from xpkit.define.registry import MetricRegistry
 from xpkit.engines import Engine, open_engine
 from xpkit.errors import ConfigError, DataError, MetricDefinitionError
-from xpkit.output.schemas import CHECKS_FILE, HISTORY_FILE, SCORECARD_FILE
-from xpkit.output.storage import recorded_fractions, write_tables
+from xpkit.output.storage import publish, recorded_fractions
 from xpkit.output.tables import (
     Provenance,
     build_checks,
@@ -71,6 +70,7 @@ class ExperimentRun:
     sql: str
     paths: tuple[Path, ...] = ()
     history: pa.Table | None = None
+    run_id: str | None = None  # set once published
 
 
 def resolve_metrics(
@@ -362,12 +362,24 @@ def run_experiment(
 
 
 def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
-    """Publish a run's tables under ``out``; the returned run knows the paths written."""
-    tables = {SCORECARD_FILE: run.scorecard, CHECKS_FILE: run.checks}
+    """Publish a run's tables under ``out`` as one unit (output/storage.py).
+
+    The returned run carries its run id (in every table too) and the paths written: each
+    table's file, then the manifest that commits them.
+    """
+    tables = {"scorecard": run.scorecard, "checks": run.checks}
     if run.history is not None:
-        tables[HISTORY_FILE] = run.history
-    paths = write_tables(out, run.experiment_id, run.run_date, tables)
-    return replace(run, paths=tuple(paths))
+        tables["history"] = run.history
+    published = publish(out, run.experiment_id, run.run_date, tables, xpkit_version=__version__)
+    manifest = published.manifest
+    return replace(
+        run,
+        scorecard=published.scorecard,
+        checks=published.checks,
+        history=published.history,
+        run_id=manifest.run_id,
+        paths=(*(manifest.file(kind) for kind in manifest.files), manifest.path),
+    )
 
 
 def engine_for(

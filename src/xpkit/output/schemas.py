@@ -1,16 +1,21 @@
-"""The Arrow schemas of every table xpkit writes, and the files they are written to."""
+"""The Arrow schemas of every table xpkit writes (where they go on disk: output/storage.py).
+
+Every table carries the run it belongs to: ``experiment_id`` (the real id, whatever its
+folder name), ``run_date`` (a date) and ``run_id`` (the id of the publish, equal to the
+run's manifest's; readers check it so a file never mixes into another run).
+"""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCORECARD_FILE = "scorecard.parquet"
-CHECKS_FILE = "checks.parquet"
+RUN_ID_FIELD = pa.field("run_id", pa.string())
 
 SCORECARD_SCHEMA = pa.schema(
     [
         ("experiment_id", pa.string()),
         ("run_date", pa.date32()),
+        RUN_ID_FIELD,
         ("as_of", pa.date32()),
         ("population", pa.string()),
         ("population_note", pa.string()),
@@ -63,7 +68,7 @@ SCORECARD_SCHEMA = pa.schema(
         ("sql_sha256", pa.string()),
         ("config_sha256", pa.string()),
         ("metric_sha256", pa.string()),
-        ("rows_read", pa.string()),
+        ("rows_read", pa.map_(pa.string(), pa.int64())),
     ]
 )
 
@@ -71,6 +76,7 @@ CHECKS_SCHEMA = pa.schema(
     [
         ("experiment_id", pa.string()),
         ("run_date", pa.date32()),
+        RUN_ID_FIELD,
         ("name", pa.string()),
         ("value", pa.float64()),
         ("threshold", pa.float64()),
@@ -104,12 +110,10 @@ EFFECT_COLUMNS = (
     "always_valid_ci_high",
 )
 
-HISTORY_FILE = "history.parquet"
-
 # The history's columns are the scorecard's, under the same names and types, plus the day
 # each row is as of, the mSPRT mixture scale and the series' novelty/primacy verdict.
 HISTORY_SCHEMA = pa.schema(
-    [SCORECARD_SCHEMA.field(name) for name in ("experiment_id", "run_date")]
+    [SCORECARD_SCHEMA.field(name) for name in ("experiment_id", "run_date", "run_id")]
     + [pa.field("analysis_date", pa.date32())]
     + [
         SCORECARD_SCHEMA.field(name)

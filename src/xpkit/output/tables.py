@@ -1,8 +1,10 @@
-"""Results + checks + decisions + history -> the Arrow tables a run publishes."""
+"""Results + checks + decisions + history -> the Arrow tables a run publishes.
+
+``run_id`` is left empty here: publishing (output/storage.py) stamps it into every table.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ def build_scorecard(
         row = {
             "experiment_id": experiment.id,
             "run_date": run_date,
+            "run_id": None,
             "as_of": as_of,
             "population": r.population,
             "population_note": POPULATION_NOTES.get(r.population),
@@ -120,7 +123,7 @@ def build_scorecard(
             "sql_sha256": provenance.sql_sha256,
             "config_sha256": provenance.config_sha256,
             "metric_sha256": provenance.metric_sha256.get(r.metric),
-            "rows_read": json.dumps(dict(provenance.rows_read), sort_keys=True),
+            "rows_read": sorted(provenance.rows_read.items()),
         }
         if not valid and not allow_invalid:
             # Never lie: an invalid experiment shows no effect, CI or p-value by default.
@@ -136,6 +139,7 @@ def build_checks(experiment_id: str, run_date: date, checks: Sequence[Check]) ->
             {
                 "experiment_id": experiment_id,
                 "run_date": run_date,
+                "run_id": None,
                 "name": c.name,
                 "value": _f(c.value),
                 "threshold": _f(c.threshold),
@@ -168,6 +172,7 @@ def build_history_table(
     columns = {
         "experiment_id": [experiment_id] * len(rows),
         "run_date": [run_date] * len(rows),
+        "run_id": pa.nulls(len(rows), pa.string()),
         "analysis_date": [day for _, day, _, _ in rows],
         "population": [s.population for s, _, _, _ in rows],
         "metric": [s.metric for s, _, _, _ in rows],
