@@ -100,8 +100,8 @@ def main() -> None:
     Quick start:
       xpkit demo                               # sample data, sample experiments, scorecards
       xpkit sql watch_seconds --experiment homepage_ranking_v2 --config xpkit-demo/experiments.toml
-      xpkit run --config experiments.toml --out scorecards/
-      xpkit show scorecards/
+      xpkit run --config experiments.toml --out results/
+      xpkit show results/
     """
 
 
@@ -188,7 +188,7 @@ def sql_command(
 @click.option(
     "--history",
     is_flag=True,
-    help="Also write the daily history (effects as of each day, always-valid p-values and intervals) to history.parquet.",
+    help="Also write the daily history (effects as of each day, always-valid p-values and intervals) to the history tables.",
 )
 @_metrics_dir_option
 @_as_of_option
@@ -213,7 +213,7 @@ def run_command(
 
     \b
     Example:
-      xpkit run --config experiments.toml --out scorecards/ --experiment homepage_ranking_v2
+      xpkit run --config experiments.toml --out results/ --experiment homepage_ranking_v2
     """
     config = load_config(config_path)
     registry = _registry(config, metrics_dir)
@@ -330,7 +330,7 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
 
     \b
     Example:
-      xpkit show scorecards/ --experiment homepage_ranking_v2 --run-date 2024-04-05
+      xpkit show results/ --experiment homepage_ranking_v2 --run-date 2024-04-05
     """
     selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
     runs = [read_run(manifest) for manifest in selected]
@@ -399,16 +399,16 @@ def demo_command(demo_dir: Path, members: int) -> int:
     config = load_config(config_path)
     registry = _registry(config, None)
     ids = [e.id for e in config.run.experiment]
-    runs = run_all(config, registry, ids, demo_dir / "scorecards")
+    runs = run_all(config, registry, ids, demo_dir / "results")
     for run in runs:
         click.echo(render_scorecard(run.scorecard, run.checks))
         click.echo("")
     flagged = [r.experiment_id for r in runs if not r.valid]
-    click.echo(f"scorecards written under {demo_dir / 'scorecards'}")
+    click.echo(f"scorecards written under {demo_dir / 'results'}")
     click.echo(
         f"flagged as invalid (deliberate defects in the sample data): {', '.join(flagged) or 'none'}"
     )
-    click.echo(f"next: xpkit show {demo_dir / 'scorecards'}")
+    click.echo(f"next: xpkit show {demo_dir / 'results'}")
     return EXIT_OK
 
 

@@ -123,7 +123,7 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
     out += [
         "",
         f"xpkit {first['xpkit_version']}, sql sha256 {str(first['sql_sha256'])[:12]}, "
-        f"config sha256 {str(first['config_sha256'])[:12]}, rows read {first['rows_read']}",
+        f"config sha256 {str(first['config_sha256'])[:12]}, rows read {_rows_read(first['rows_read'])}",
     ]
     return "\n".join(out)
 
@@ -172,3 +172,9 @@ def render_plan(p: PowerPlan) -> str:
     for d, mde in p.mde_at_days.items():
         lines.append(f"  MDE after {d:>3} days   {mde:.2%}")
     return "\n".join(lines)
+
+
+def _rows_read(value: object) -> str:
+    """Rows read per table, from the map column (a list of pairs once read back)."""
+    pairs = value.items() if isinstance(value, dict) else (value or [])
+    return ", ".join(f"{table} {n:,}" for table, n in pairs)  # type: ignore[union-attr]
