@@ -174,7 +174,7 @@ def render_plan(p: PowerPlan) -> str:
     return "\n".join(lines)
 
 
-def _rows_read(value: object) -> str:
+def _rows_read(value: dict[str, int] | list[tuple[str, int]] | None) -> str:
     """Rows read per table, from the map column (a list of pairs once read back)."""
-    pairs = value.items() if isinstance(value, dict) else (value or [])
-    return ", ".join(f"{table} {n:,}" for table, n in pairs)  # type: ignore[union-attr]
+    pairs = list(value.items()) if isinstance(value, dict) else (value or [])
+    return ", ".join(f"{table} {n:,}" for table, n in pairs)
