@@ -192,3 +192,37 @@ def test_any_failed_gate_makes_the_decision_invalid(gate: str) -> None:
     results = [_result("watch", "a", 0.001, adjusted=0.001)]
     (d,) = decide(exp, METRICS, results, [broken], days_observed=14, min_units_observed=500)
     assert d.decision == "invalid" and d.reasons == (f"{gate}: broken",)
+
+
+@pytest.mark.parametrize("rule", ["fixed_horizon", "always_valid", "group_sequential"])
+def test_an_ended_experiment_gets_a_final_decision_never_keep_running(rule: str) -> None:
+    from xpkit.decide.stopping import StopVerdict
+
+    exp = ExperimentConfig(
+        id="end", control="control", weights={"control": 0.5, "a": 0.5}, metrics=["watch"],
+        stopping_rule=rule, planned_units=100_000, min_days=1, min_units=10,
+    )  # fmt: skip
+    flat = [_result("watch", "a", 0.4, adjusted=0.4)]
+    running = {"a": StopVerdict("continue", "bound not crossed yet")}
+    kwargs = dict(days_observed=28, min_units_observed=500, stopping=running)
+    (d,) = decide(exp, METRICS, flat, CLEAN, **kwargs)  # type: ignore[arg-type]
+    assert d.decision == "keep_running"
+    (d,) = decide(exp, METRICS, flat, CLEAN, ended="planned duration of 28 days reached", **kwargs)  # type: ignore[arg-type]
+    assert d.decision == "no_ship"
+    assert d.reasons[-1] == (
+        "planned duration of 28 days reached: no detectable effect, so the decision is final"
+    )
+
+
+def test_calendar_end_from_planned_duration_or_end_date() -> None:
+    from datetime import date
+
+    from xpkit.decide.stopping import calendar_end
+
+    base = dict(id="c", control="control", weights={"control": 0.5, "a": 0.5}, metrics=["watch"])
+    exp = ExperimentConfig(**base, max_days=28)  # type: ignore[arg-type]
+    assert calendar_end(exp, 27, date(2024, 1, 27)) is None
+    assert calendar_end(exp, 28, date(2024, 1, 28)) == "planned duration of 28 days reached"
+    dated = ExperimentConfig(**base, end_date=date(2024, 1, 31))  # type: ignore[arg-type]
+    assert calendar_end(dated, 40, date(2024, 1, 31)) is None
+    assert calendar_end(dated, 41, date(2024, 2, 1)) == "end date 2024-01-31 has passed"

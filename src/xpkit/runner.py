@@ -35,6 +35,7 @@ from xpkit.decide.health import (
 )
 from xpkit.decide.history import AlwaysValid, build_history, last_looks
 from xpkit.decide.stopping import (
+    calendar_end,
     family_always_valid_p,
     family_size,
     primary_looks,
@@ -328,6 +329,7 @@ def run_experiment(
         days_observed=days,
         min_units_observed=smallest,
         stopping=verdicts,
+        ended=calendar_end(experiment, days, dates.as_of if dates else None),
     )
     provenance = Provenance(
         computed_at=computed_at,

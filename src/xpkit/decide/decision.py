@@ -49,6 +49,7 @@ def decide(
     days_observed: int,
     min_units_observed: int,
     stopping: Mapping[str, StopVerdict] | None = None,
+    ended: str | None = None,
 ) -> list[Decision]:
     """One decision per treatment variant.
 
@@ -56,6 +57,10 @@ def decide(
     ``ship`` and ``no_ship`` are only given when the rule's bound is crossed or the test
     has ended. Without it (or with a ``fixed`` verdict) the fixed-horizon p-values decide
     once the minimum runtime is met.
+
+    ``ended`` says why the experiment is over (its planned duration reached, its end date
+    passed): the decision is then final, ship or no-ship, never keep running; without a
+    detectable effect that is a no-ship with "no detectable effect" as its reason.
     """
     decisions = []
     gates = failed_gates(checks)
@@ -131,5 +136,8 @@ def decide(
             kind = "no_ship"
         else:
             kind = "keep_running"
+        if kind == "keep_running" and ended is not None:
+            reasons.append(f"{ended}: no detectable effect, so the decision is final")
+            kind = "no_ship"
         decisions.append(Decision(variant, kind, tuple(reasons)))
     return decisions

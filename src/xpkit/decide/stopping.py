@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal
 
 from xpkit.config import ExperimentConfig
@@ -128,6 +129,15 @@ def stopping_verdict(
     if verdicts[0].final:
         return StopVerdict("ended", f"{head}: final look, not crossed", fraction, bound)
     return StopVerdict("continue", f"{head}: not crossed", fraction, bound)
+
+
+def calendar_end(experiment: ExperimentConfig, days: int, as_of: date | None) -> str | None:
+    """Why the experiment is over by the calendar, or None while it runs."""
+    if experiment.max_days is not None and days >= experiment.max_days:
+        return f"planned duration of {experiment.max_days} days reached"
+    if experiment.end_date is not None and as_of is not None and as_of > experiment.end_date:
+        return f"end date {experiment.end_date} has passed"
+    return None
 
 
 def family_size(experiment: ExperimentConfig) -> int:
