@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from xpkit.stats.lift import check_alpha
 from xpkit.stats.power import minimum_detectable_effect
 
 
@@ -143,7 +144,7 @@ def msprt(
     see :func:`tau_from_mde` for the default. A look whose standard error is missing,
     zero or not finite carries no information: it repeats the previous look's result.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     raw, est, se, valid = _looks(estimates, ses)
     log_lr = np.where(valid, msprt_log_likelihood_ratio(est, se, tau, theta0), 0.0)
     var = se**2
@@ -176,10 +177,12 @@ def confidence_sequence(
     is the always-valid p-value of the same mixture martingale,
     ``M = (1 + a)^(-1/2) exp(a z^2 / (2 (1 + a)))`` with ``z = (est - theta0) / se``.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if (rho is None) == (t_opt is None):
         raise ValueError("give exactly one of rho or t_opt")
-    rho = cs_rho(t_opt, alpha) if rho is None else rho
+    if rho is None:
+        assert t_opt is not None  # exactly one of them was given
+        rho = cs_rho(t_opt, alpha)
     _check_positive("rho", rho)
     raw, est, se, valid = _looks(estimates, ses)
     t = np.broadcast_to(np.asarray(n_units, dtype=float), est.shape)
@@ -206,7 +209,7 @@ def cs_rho(t_opt: float, alpha: float = 0.05) -> float:
 
     ``rho = sqrt((-2 ln alpha + ln(1 - 2 ln alpha)) / t_opt)`` (Howard et al., 2021).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     _check_positive("t_opt", t_opt)
     log_term = -2 * math.log(alpha)
     return math.sqrt((log_term + math.log1p(log_term)) / t_opt)
@@ -306,11 +309,6 @@ def _running(
         rejected=p_values <= alpha,
         e_values=e_values,
     )
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
 def _check_positive(name: str, value: float) -> None:

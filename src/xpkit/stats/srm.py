@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from scipy.special import gammaln
 
-NAN = float("nan")
+from xpkit.stats.lift import NAN
 
 
 @dataclass(frozen=True)
@@ -223,12 +223,13 @@ def _count_table(counts: Sequence[Mapping[str, int]] | ArrayLike, names: list[st
         and len(counts) > 0
         and all(isinstance(look, Mapping) for look in counts)
     ):
-        unknown = list(dict.fromkeys(v for look in counts for v in look if v not in names))
+        looks: list[Mapping[str, int]] = [look for look in counts if isinstance(look, Mapping)]
+        unknown = list(dict.fromkeys(v for look in looks for v in look if v not in names))
         if unknown:
             raise ValueError(_unknown_message(unknown, names))
         return np.array(
-            [[int(look.get(v, 0)) for v in names] for look in counts], dtype=np.int64
-        ).reshape(len(counts), len(names))
+            [[int(look.get(v, 0)) for v in names] for look in looks], dtype=np.int64
+        ).reshape(len(looks), len(names))
     raw = np.asarray(counts)
     if raw.size == 0:
         return np.zeros((0, len(names)), dtype=np.int64)
