@@ -206,7 +206,10 @@ def test_allow_invalid_keeps_effects_but_still_marks_invalid(
 def test_show_prints_the_invalid_reason_first(run_out) -> None:
     out, _ = run_out
     result = CliRunner().invoke(main, ["show", str(out), "--experiment", "player_srm"])
-    assert result.exit_code == 0
+    assert result.exit_code == 3  # what it shows is invalid, as run says
+    assert "INVALID results for: player_srm (exit 3)" in result.output
+    valid = CliRunner().invoke(main, ["show", str(out), "--experiment", "homepage_ranking_v2"])
+    assert valid.exit_code == 0, valid.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert "INVALID RESULT" in lines[2]
     assert "srm_assignment" in lines[3]
@@ -330,3 +333,45 @@ def test_without_exposure_log_the_check_says_so(run_out) -> None:
     c = checks(out, "homepage_ranking_v2")["exposure_log"]
     assert c["passed"] and not c["gate"]
     assert "no exposure log configured" in c["detail"]
+
+
+def test_an_experiment_without_results_says_which_and_why(sample_copy: Path) -> None:
+    """A misspelled variant in weights: no rows to compare, but a loud, named report."""
+    config = sample_copy / "experiments.toml"
+    text = config.read_text()
+    old = "weights = { control = 0.5, treatment = 0.5 }"
+    assert old in text
+    config.write_text(text.replace(old, "weights = { control = 0.5, treatmnet = 0.5 }", 1))
+    out = sample_copy / "out"
+    args = [
+        "run",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--experiment",
+        "homepage_ranking_v2",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0] == "Experiment homepage_ranking_v2: NO RESULTS"
+    assert any("unknown_variants" in line and "treatment" in line for line in lines[:8])
+    shown = CliRunner().invoke(main, ["show", str(out)])
+    assert shown.exit_code == 3
+    assert shown.output.splitlines()[0] == "Experiment homepage_ranking_v2: NO RESULTS"
+
+
+def test_a_mistake_in_a_later_experiment_stops_the_job_before_anything_is_written(
+    sample_copy: Path,
+) -> None:
+    config = sample_copy / "experiments.toml"
+    text = config.read_text()
+    # The last experiment asks for a metric whose column is missing from its table.
+    config.write_text(text + '\n[[experiment]]\nid = "late"\ncontrol = "control"\n'
+                      'weights = { control = 0.5, treatment = 0.5 }\nmetrics = ["nope"]\n')  # fmt: skip
+    out = sample_copy / "out"
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "unknown metric 'nope'" in result.output
+    assert not out.exists() or not any(out.rglob("*.parquet"))

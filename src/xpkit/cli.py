@@ -22,8 +22,9 @@ from xpkit.define.registry import MetricRegistry, load_metrics
 from xpkit.engines import Engine
 from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
 from xpkit.output.storage import read_run, select_runs
+from xpkit.output.tables import run_is_valid
 from xpkit.output.terminal import render_history, render_plan, render_scorecard
-from xpkit.runner import compile_experiment, engine_for, run_all
+from xpkit.runner import ExperimentRun, compile_experiment, engine_for, run_all
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -220,6 +221,15 @@ def run_command(
     ids = list(experiment_ids) or [e.id for e in config.run.experiment]
     for experiment_id in ids:
         config.experiment(experiment_id)  # unknown ids fail before any work
+
+    def published(run: ExperimentRun) -> None:
+        # Each experiment's result and "wrote" lines as soon as it is published.
+        if not quiet:
+            click.echo(render_scorecard(run.scorecard, run.checks))
+            click.echo("")
+        for path in run.paths:
+            click.echo(f"wrote {path}")
+
     runs = run_all(
         config,
         registry,
@@ -232,13 +242,8 @@ def run_command(
         run_date=run_date.date() if run_date else None,
         allow_invalid=allow_invalid,
         history=history,
+        on_published=published,
     )
-    for run in runs:
-        if not quiet:
-            click.echo(render_scorecard(run.scorecard, run.checks))
-            click.echo("")
-        for path in run.paths:
-            click.echo(f"wrote {path}")
     invalid = [r.experiment_id for r in runs if not r.valid]
     if invalid:
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
@@ -334,6 +339,7 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
     """
     selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
     runs = [read_run(manifest) for manifest in selected]
+    invalid = []
     for i, run in enumerate(runs):
         if i:
             click.echo("")
@@ -341,6 +347,11 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
         if run.history is not None:
             click.echo("")
             click.echo(render_history(run.history))
+        if not run_is_valid(run.scorecard, run.checks):
+            invalid.append(str(run.manifest.experiment_id))
+    if invalid:
+        click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
+        return EXIT_INVALID_RESULT
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -415,10 +415,18 @@ def run_all(
     run_date: date | None = None,
     allow_invalid: bool = False,
     history: bool = False,
+    on_published: Callable[[ExperimentRun], None] | None = None,
 ) -> list[ExperimentRun]:
-    """Run and publish each experiment in turn on one engine (``--engine`` or the config's)."""
+    """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
+
+    Every experiment's metrics and columns are checked before the first one runs, so a
+    mistake in the third experiment of a config stops the job before anything is written.
+    ``on_published`` is called with each run as soon as it is on disk.
+    """
     engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
+        for experiment_id in experiment_ids:
+            check_schema(config, resolve_metrics(config, registry, experiment_id), engine)
         runs = []
         filed = run_date or datetime.now(UTC).date()
         for experiment_id in experiment_ids:
@@ -434,6 +442,8 @@ def run_all(
                 past_fractions=recorded_fractions(out_dir, experiment_id, filed),
             )
             runs.append(write_run(run, out_dir))
+            if on_published is not None:
+                on_published(runs[-1])
         return runs
     finally:
         engine.close()

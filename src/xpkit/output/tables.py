@@ -193,3 +193,12 @@ def build_history_table(
         "trend": [s.trend for s, _, _, _ in rows],
     }
     return pa.table(columns, schema=HISTORY_SCHEMA)
+
+
+def run_is_valid(scorecard: pa.Table, checks: pa.Table | None) -> bool:
+    """A published run is valid when it has results, all marked valid, and no gate failed."""
+    if scorecard.num_rows == 0 or not all(scorecard.column("valid").to_pylist()):
+        return False
+    if checks is None:
+        return True
+    return not any(c["gate"] and not c["passed"] for c in checks.to_pylist())

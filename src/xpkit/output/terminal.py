@@ -48,7 +48,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str:
     rows = scorecard.to_pylist()
     if not rows:
-        return "(empty scorecard)"
+        return _render_empty(checks)
     first = rows[0]
     out: list[str] = []
     title = f"Experiment {first['experiment_id']}  (data as of {first['as_of']}, run {first['run_date']})"
@@ -125,6 +125,21 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
         f"xpkit {first['xpkit_version']}, sql sha256 {str(first['sql_sha256'])[:12]}, "
         f"config sha256 {str(first['config_sha256'])[:12]}, rows read {_rows_read(first['rows_read'])}",
     ]
+    return "\n".join(out)
+
+
+def _render_empty(checks: pa.Table | None) -> str:
+    """A run with no result rows: say which experiment, loudly, and why (failed checks)."""
+    found = checks.to_pylist() if checks is not None else []
+    name = found[0]["experiment_id"] if found else "(unknown experiment)"
+    title = f"Experiment {name}: NO RESULTS"
+    out = [title, "=" * len(title), ""]
+    failed = [c for c in found if not c["passed"]]
+    if failed:
+        out.append("!!! Nothing could be compared; the checks that failed:")
+        out += [f"!!! {c['name']}: {c['detail']}" for c in failed]
+    else:
+        out.append("!!! Nothing could be compared: no metric has a result for any variant.")
     return "\n".join(out)
 
 
