@@ -118,3 +118,52 @@ def test_power_command_on_the_sample(sample_dir: Path) -> None:
         ],
     )
     assert bad.exit_code == 2 and "'two' is not a number" in bad.output
+
+
+def test_power_plan_on_the_sample_matches_a_hand_computation(sample_dir) -> None:
+    """Units per day, days, and the pre-period variance against SQL written here."""
+    import math
+
+    import duckdb
+
+    from tests.conftest import METRICS_DIR
+    from xpkit.config import load_config
+    from xpkit.define.registry import load_metrics
+    from xpkit.planner import power_plan
+    from xpkit.runner import engine_for
+
+    config = load_config(sample_dir / "experiments.toml")
+    engine = engine_for(config)
+    try:
+        p = power_plan(
+            config, load_metrics(METRICS_DIR), "homepage_ranking_v2", "watch_seconds", engine,
+            mde_relative=0.02,
+        )  # fmt: skip
+    finally:
+        engine.close()
+    con = duckdb.connect()
+    a, d = sample_dir / "experiment_assignments.parquet", sample_dir / "engagement_daily.parquet"
+    as_of = con.execute(f"SELECT MAX(date) FROM '{d}'").fetchone()[0]
+    units = f"""
+        SELECT member_id, MIN(CAST(assignment_timestamp AS DATE)) AS day
+        FROM '{a}' WHERE experiment_id = 'homepage_ranking_v2'
+        GROUP BY member_id HAVING MIN(variant) = MAX(variant)
+    """
+    first, n = con.execute(
+        f"SELECT MIN(day), COUNT(*) FILTER (WHERE day + 6 <= DATE '{as_of}') FROM ({units})"
+    ).fetchone()
+    enrolment_days = (as_of - first).days - 6 + 1  # assigned first .. as_of - window end
+    assert p.units_per_day == pytest.approx(n / enrolment_days, rel=1e-12)
+    assert p.days == math.ceil(p.units_total / p.units_per_day)
+    # The variance is the pre-period's: 7 days before assignment, units with no rows = 0.
+    variance = con.execute(f"""
+        SELECT VAR_SAMP(COALESCE(w, 0)) FROM ({units}) u
+        LEFT JOIN (
+            SELECT e.member_id, SUM(e.watch_seconds) AS w
+            FROM '{d}' e JOIN ({units}) v USING (member_id)
+            WHERE e.date BETWEEN v.day - 7 AND v.day - 1
+            GROUP BY e.member_id
+        ) s USING (member_id)
+        WHERE u.day + 6 <= DATE '{as_of}'
+    """).fetchone()[0]
+    assert p.variance == pytest.approx(variance, rel=1e-9)
