@@ -116,19 +116,21 @@ def test_alpha_is_validated() -> None:
         welch_test(m, m, alpha=1.5)
 
 
+def _binary(count: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.r_[np.ones(count), np.zeros(n - count)])
+
+
 @pytest.mark.parametrize(
     ("count_c", "n_c", "count_t", "n_t"),
-    [(100, 1000, 130, 1000), (5, 40, 1, 77), (2500, 10000, 2410, 9800), (0, 50, 3, 60)],
+    [(100, 1000, 130, 1000), (60, 400, 50, 77 * 5), (2500, 10000, 2410, 9800), (80, 200, 95, 210)],
 )
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
-# statsmodels also computes ratio and odds ratio, which divide by a zero control rate.
-@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_proportion_matches_statsmodels_wald(
     count_c: int, n_c: int, count_t: int, n_t: int, alpha: float
 ) -> None:
+    """At least 50 events and 50 non-events in each group: the Wald z-test."""
     rng = np.random.default_rng(count_c + n_t)
-    control = rng.permutation(np.r_[np.ones(count_c), np.zeros(n_c - count_c)])
-    treatment = rng.permutation(np.r_[np.ones(count_t), np.zeros(n_t - count_t)])
+    control, treatment = _binary(count_c, n_c, rng), _binary(count_t, n_t, rng)
     eff = proportion_test(_moments(control), _moments(treatment), alpha=alpha)
     ref = sm_proportion.test_proportions_2indep(
         count_t, n_t, count_c, n_c, method="wald", compare="diff"
@@ -143,14 +145,83 @@ def test_proportion_matches_statsmodels_wald(
     assert (eff.abs_ci_low, eff.abs_ci_high) == pytest.approx((low, high), rel=RTOL)
 
 
-def test_proportion_interval_and_p_value_never_disagree() -> None:
+@pytest.mark.parametrize(
+    ("count_c", "n_c", "count_t", "n_t"),
+    [(5, 40, 1, 77), (2, 1000, 3, 1000), (3, 60, 0, 50), (40, 20000, 61, 19000), (45, 99, 52, 99)],
+)
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_proportion_with_few_events_uses_the_score_method(
+    count_c: int, n_c: int, count_t: int, n_t: int, alpha: float
+) -> None:
+    """Fewer than 50 events or non-events in a group: MN score test and intervals
+    (statsmodels "score" with correction; the difference interval's own reference is in
+    tests/stats/test_proportions.py, statsmodels' being off for a non-zero difference)."""
+    rng = np.random.default_rng(count_c + n_t)
+    control, treatment = _binary(count_c, n_c, rng), _binary(count_t, n_t, rng)
+    eff = proportion_test(_moments(control), _moments(treatment), alpha=alpha)
+    ref = sm_proportion.test_proportions_2indep(
+        count_t, n_t, count_c, n_c, method="score", compare="diff", correction=True
+    )
+    low, high = sm_proportion.confint_proportions_2indep(
+        count_t, n_t, count_c, n_c, method="score", compare="ratio", alpha=alpha
+    )
+    assert eff.method == "two_proportion_score"
+    assert eff.abs_effect == pytest.approx(treatment.mean() - control.mean(), rel=RTOL)
+    assert eff.extra["z"] == pytest.approx(ref.statistic, rel=RTOL)
+    assert eff.abs_effect / eff.abs_se == pytest.approx(ref.statistic, rel=RTOL)
+    assert eff.p_value == pytest.approx(ref.pvalue, rel=RTOL)
+    assert eff.abs_ci_low < eff.abs_effect < eff.abs_ci_high
+    assert eff.rel_lift == pytest.approx(treatment.mean() / control.mean() - 1, rel=RTOL)
+    assert eff.rel_ci_low == pytest.approx(low - 1, rel=RTOL, abs=1e-13)
+    assert eff.rel_ci_high == pytest.approx(high - 1, rel=RTOL)
+    assert eff.rel_se == pytest.approx(
+        (high - low) / (2 * stats.norm.isf(alpha / 2)), rel=RTOL, abs=1e-13
+    )
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_proportion_no_control_events_keeps_test_drops_relative() -> None:
+    rng = np.random.default_rng(0)
+    eff = proportion_test(_moments(_binary(0, 1000, rng)), _moments(_binary(5, 1000, rng)))
+    ref = sm_proportion.test_proportions_2indep(
+        5, 1000, 0, 1000, method="score", compare="diff", correction=True
+    )
+    assert eff.method == "two_proportion_score"
+    assert eff.p_value == pytest.approx(ref.pvalue, rel=RTOL)
+    assert 0.0 < eff.abs_ci_low < eff.abs_ci_high
+    assert eff.rel_lift is None
+
+
+def test_proportion_threshold_is_on_pooled_expected_counts() -> None:
+    """Score method when min(n_c, n_t) * min(p, 1 - p) < 50, p pooled."""
+    rng = np.random.default_rng(1)
+    cases = {
+        (40, 1000, 60, 1000): "two_proportion_z",  # 1000 * 0.05 = 50
+        (40, 1000, 59, 1000): "two_proportion_score",  # 49.5
+        (949, 1000, 951, 1000): "two_proportion_z",  # 1000 * 0.05 non-events
+        (10, 500, 90, 2000): "two_proportion_score",  # 500 * 0.04 = 20
+    }
+    for (x_c, n_c, x_t, n_t), method in cases.items():
+        eff = proportion_test(_moments(_binary(x_c, n_c, rng)), _moments(_binary(x_t, n_t, rng)))
+        pooled = (x_c + x_t) / (n_c + n_t)
+        assert eff.method == method
+        assert eff.extra["min_count"] == pytest.approx(min(n_c, n_t) * min(pooled, 1 - pooled))
+
+
+@pytest.mark.parametrize(("count_c", "counts_t"), [(200, range(160, 260)), (8, range(0, 30))])
+def test_proportion_interval_and_p_value_never_disagree(count_c: int, counts_t: range) -> None:
     n = 2000
-    for count_t in range(160, 260):
-        control = np.r_[np.ones(200), np.zeros(n - 200)]
+    for count_t in counts_t:
+        control = np.r_[np.ones(count_c), np.zeros(n - count_c)]
         treatment = np.r_[np.ones(count_t), np.zeros(n - count_t)]
         eff = proportion_test(_moments(control), _moments(treatment))
         excludes_zero = eff.abs_ci_low > 0 or eff.abs_ci_high < 0
         assert excludes_zero == (eff.p_value < 0.05)
+        # The score path's ratio interval inverts the same statistic (the Wald path's
+        # delta-method relative interval need not agree with its p-value).
+        if eff.method == "two_proportion_score" and eff.rel_ci_low is not None:
+            assert eff.rel_ci_high is not None
+            assert (eff.rel_ci_low > 0 or eff.rel_ci_high < 0) == excludes_zero
 
 
 def test_proportion_rejects_non_binary_column() -> None:
