@@ -21,12 +21,23 @@ def open_engine(
     database: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
+    temp_directory: str | None = None,
 ) -> Engine:
-    """The engine a run asked for, by name (each imported only when asked for)."""
+    """The engine a run asked for, by name (each imported only when asked for).
+
+    ``memory_limit``, ``threads`` and ``temp_directory`` (the spill folder) are DuckDB's;
+    a Spark session takes its resources from its own configuration.
+    """
     if name == "duckdb":
         from xpkit.engines.duckdb import DuckDBEngine
 
-        return DuckDBEngine(tables, database=database, memory_limit=memory_limit, threads=threads)
+        return DuckDBEngine(
+            tables,
+            database=database,
+            memory_limit=memory_limit,
+            threads=threads,
+            temp_directory=temp_directory,
+        )
     if name == "spark":
         from xpkit.engines.spark import SparkEngine  # optional dependency
 
