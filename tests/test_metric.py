@@ -84,3 +84,18 @@ def test_definition_hash_changes_with_the_expression() -> None:
 def test_source_needs_plain_column_names() -> None:
     with pytest.raises(MetricDefinitionError, match="`unit` must be a plain column name"):
         type("BadSource", (Source,), {"table": "t", "unit": "a; drop", "time": "d"})
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"table": "events\nDROP"}, "`table` contains a control character"),
+        ({"table": "ev\tents"}, "`table` contains a control character"),
+        ({"table": 'ev"ents'}, "`table` is not a table name"),
+        ({"table": "events", "name": "bad\nname"}, "`name` must be letters, digits and _"),
+    ],
+)
+def test_source_table_and_name_are_checked_like_every_identifier(attrs: dict, message: str) -> None:
+    with pytest.raises(MetricDefinitionError, match=message) as info:
+        type("Src", (Source,), dict(attrs))
+    assert "source Src" in str(info.value)

@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 internal error; 2 bad input (config, metric, missing table/c
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,13 +18,22 @@ import click
 
 from xpkit import __version__
 from xpkit.compile import DIALECTS
-from xpkit.config import LoadedConfig, load_config
+from xpkit.config import LoadedConfig, check_memory_limit, check_threads, load_config
 from xpkit.define.registry import MetricRegistry, load_metrics
 from xpkit.engines import Engine
-from xpkit.errors import EXIT_INTERNAL, EXIT_INVALID_RESULT, EXIT_OK, XpkitError
+from xpkit.errors import (
+    EXIT_INTERNAL,
+    EXIT_INVALID_RESULT,
+    EXIT_OK,
+    BadInputError,
+    ConfigError,
+    XpkitError,
+)
+from xpkit.locations import location_matches
 from xpkit.output.storage import read_run, select_runs
 from xpkit.output.tables import run_is_valid
 from xpkit.output.terminal import render_history, render_plan, render_scorecard
+from xpkit.output.validate import validate_scorecard
 from xpkit.runner import ExperimentRun, compile_experiment, engine_for, run_all
 
 
@@ -34,6 +44,15 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             code = func(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader went away (``xpkit show ... | head``): nothing more to say. Point
+            # stdout at devnull so the interpreter's final flush does not fail again.
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):  # not a real file (tests)
+                pass
+            sys.exit(EXIT_OK)
         except XpkitError as err:
             click.echo(f"xpkit: error: {err}", err=True)
             sys.exit(err.exit_code)
@@ -56,11 +75,89 @@ def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricReg
     return load_metrics()
 
 
-def _engine(
-    config: LoadedConfig, name: str | None, memory_limit: str | None, threads: int | None
-) -> Engine:
+def _engine(config: LoadedConfig, name: str | None) -> Engine:
     """The engine ``--engine`` names, else the config's ``engine`` setting."""
-    return engine_for(config, name, memory_limit=memory_limit, threads=threads)
+    return engine_for(config, name)
+
+
+def _resources(
+    config: LoadedConfig,
+    memory_limit: str | None,
+    threads: int | None,
+    temp_directory: Path | None,
+) -> LoadedConfig:
+    """The config with the command line's --memory-limit/--threads/--temp-directory in it."""
+    update: dict[str, Any] = {}
+    if memory_limit is not None:
+        update["memory_limit"] = memory_limit
+    if threads is not None:
+        update["threads"] = threads
+    if temp_directory is not None:
+        update["temp_directory"] = str(temp_directory)
+    if not update:
+        return config
+    return config.model_copy(update={"run": config.run.model_copy(update=update)})
+
+
+def _check_option(check: Callable[[Any], Any]) -> Callable[..., Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return callback
+
+
+def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--memory-limit, --threads and --temp-directory: DuckDB's resources for the command."""
+    func = click.option(
+        "--temp-directory",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where DuckDB spills beyond the memory limit (default: the config's "
+        "temp_directory, else a temporary folder removed at the end).",
+    )(func)
+    func = click.option(
+        "--threads",
+        type=int,
+        default=None,
+        callback=_check_option(check_threads),
+        help="DuckDB threads, 1 to 4 per CPU core (default: the config's threads, else all cores).",
+    )(func)
+    return click.option(
+        "--memory-limit",
+        default=None,
+        callback=_check_option(check_memory_limit),
+        help="DuckDB memory limit, e.g. 2GB, 500MB or 75% (spills to disk beyond it; "
+        "default: the config's memory_limit).",
+    )(func)
+
+
+def _check_out(out_dir: Path, config: LoadedConfig) -> None:
+    """Before computing: the output folder can be written, and no table reads it."""
+    probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
+    for name, location in config.run.tables.items():
+        if location_matches(location, probe) or location_matches(location, out_dir):
+            raise ConfigError(
+                f"--out {out_dir}: the folder is inside table {name!r}'s location "
+                f"{location!r}, so a later run would read its own scorecards as data; "
+                f"write them to a folder outside the tables' paths"
+            )
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise BadInputError(
+            f"--out {out_dir}: {existing} is a file, not a folder; choose another --out"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(
+            f"--out {out_dir}: folder {existing} is not writable; choose a folder you can "
+            f"write to, or fix its permissions"
+        )
 
 
 _engine_option = click.option(
@@ -119,6 +216,7 @@ def main() -> None:
 @_config_option
 @_metrics_dir_option
 @_as_of_option
+@_resource_options
 @_guard
 def sql_command(
     metrics: tuple[str, ...],
@@ -128,6 +226,9 @@ def sql_command(
     config_path: Path,
     metrics_dir: str | None,
     as_of: Any,
+    memory_limit: str | None,
+    threads: int | None,
+    temp_directory: Path | None,
 ) -> int:
     """Print the exact SQL that computes METRICS for an experiment.
 
@@ -138,9 +239,9 @@ def sql_command(
     Example:
       xpkit sql watch_seconds streamers --experiment homepage_ranking_v2 --dialect spark
     """
-    config = load_config(config_path)
+    config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
-    engine = _engine(config, engine_name, None, None)
+    engine = _engine(config, engine_name)
     try:
         query = compile_experiment(
             config,
@@ -175,10 +276,7 @@ def sql_command(
     help="Keep effects of invalid experiments in the scorecard (still marked invalid).",
 )
 @_engine_option
-@click.option(
-    "--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (spills to disk beyond it)."
-)
-@click.option("--threads", type=int, default=None, help="DuckDB threads.")
+@_resource_options
 @click.option(
     "--run-date",
     type=click.DateTime(formats=["%Y-%m-%d"]),
@@ -202,6 +300,7 @@ def run_command(
     engine_name: str | None,
     memory_limit: str | None,
     threads: int | None,
+    temp_directory: Path | None,
     run_date: Any,
     quiet: bool,
     history: bool,
@@ -216,11 +315,12 @@ def run_command(
     Example:
       xpkit run --config experiments.toml --out results/ --experiment homepage_ranking_v2
     """
-    config = load_config(config_path)
+    config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     ids = list(experiment_ids) or [e.id for e in config.run.experiment]
     for experiment_id in ids:
         config.experiment(experiment_id)  # unknown ids fail before any work
+    _check_out(out_dir, config)
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
@@ -236,8 +336,6 @@ def run_command(
         ids,
         out_dir,
         engine_name=engine_name,
-        memory_limit=memory_limit,
-        threads=threads,
         as_of=as_of.date() if as_of else None,
         run_date=run_date.date() if run_date else None,
         allow_invalid=allow_invalid,
@@ -252,11 +350,25 @@ def run_command(
 
 
 def _percent(value: str) -> float:
+    """A relative effect: ``2%`` or ``0.02``; a bare number of 1 or more would be >= 100%."""
     text = value.strip()
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or a percentage like 2%") from None
+        raise click.BadParameter(
+            f"{value!r} is not a number or a percentage like 2%", param_hint="--mde"
+        ) from None
+    if not number > 0 or number == float("inf"):
+        raise click.BadParameter(
+            f"{value!r}: the effect to detect must be above 0, e.g. 2% or 0.02", param_hint="--mde"
+        )
+    if not text.endswith("%") and number >= 1:
+        raise click.BadParameter(
+            f"{value!r} would mean {number:.0%}; write a percentage such as {value}% or a "
+            f"fraction such as {number / 100:g}",
+            param_hint="--mde",
+        )
+    return number
 
 
 @main.command("power")
@@ -274,6 +386,7 @@ def _percent(value: str) -> float:
 @_engine_option
 @_config_option
 @_metrics_dir_option
+@_resource_options
 @_guard
 def power_command(
     experiment_id: str,
@@ -283,6 +396,9 @@ def power_command(
     engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
+    memory_limit: str | None,
+    threads: int | None,
+    temp_directory: Path | None,
 ) -> int:
     """Units and days needed to detect an effect, from the per-unit variance in real data.
 
@@ -298,9 +414,9 @@ def power_command(
     mde_relative = _percent(mde)
     if not 0 < power_level < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--power")
-    config = load_config(config_path)
+    config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
-    engine = _engine(config, engine_name, None, None)
+    engine = _engine(config, engine_name)
     try:
         result = power_plan(
             config,
@@ -343,7 +459,7 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
     for i, run in enumerate(runs):
         if i:
             click.echo("")
-        click.echo(render_scorecard(run.scorecard, run.checks))
+        click.echo(render_scorecard(validate_scorecard(run.scorecard, out_dir), run.checks))
         if run.history is not None:
             click.echo("")
             click.echo(render_history(run.history))
@@ -386,8 +502,15 @@ def sample_data_command(members: int, seed: int, out_dir: Path) -> int:
     help="Where the sample data and scorecards go (reused when present).",
 )
 @click.option("--members", type=int, default=200_000, show_default=True)
+@_resource_options
 @_guard
-def demo_command(demo_dir: Path, members: int) -> int:
+def demo_command(
+    demo_dir: Path,
+    members: int,
+    memory_limit: str | None,
+    threads: int | None,
+    temp_directory: Path | None,
+) -> int:
     """Build (or reuse) the sample data, run the sample experiments, print the scorecards.
 
     The sample includes an experiment with a deliberate sample-ratio mismatch and one
@@ -407,7 +530,7 @@ def demo_command(demo_dir: Path, members: int) -> int:
         write_sample(demo_dir, members=members, seed=7)
     else:
         click.echo(f"reusing sample data in {demo_dir}")
-    config = load_config(config_path)
+    config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, None)
     ids = [e.id for e in config.run.experiment]
     runs = run_all(config, registry, ids, demo_dir / "results")

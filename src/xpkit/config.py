@@ -26,18 +26,82 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
+import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from xpkit.errors import ConfigError
 from xpkit.locations import is_file_location, is_remote
 
 Population = Literal["itt", "tot"]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# Windows are in days; beyond ten years a date would leave the calendar's range sooner or
+# later, and no experiment runs that long.
+MAX_WINDOW_DAYS = 3650
+Day = Annotated[StrictInt, Field(ge=-MAX_WINDOW_DAYS, le=MAX_WINDOW_DAYS)]
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB|%)\s*", re.I)
+
+
+def check_memory_limit(value: str) -> str:
+    """DuckDB's memory limit format: a size such as 2GB, 500MB, 1.5GiB, or a share like 75%."""
+    m = _MEMORY.fullmatch(value)
+    if m is None or float(m.group(1)) <= 0 or (m.group(2) == "%" and float(m.group(1)) > 100):
+        raise ValueError(
+            f"{value!r} is not a memory limit; write a size such as 2GB, 500MB or 1.5GiB, or a "
+            f"share of the machine's memory such as 75%"
+        )
+    return value.strip()
+
+
+def max_threads() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(value: int) -> int:
+    """Between 1 and four per CPU core."""
+    if not 1 <= value <= max_threads():
+        raise ValueError(
+            f"threads must be between 1 and {max_threads()} (4 x {os.cpu_count() or 1} CPU "
+            f"cores), got {value}"
+        )
+    return value
+
+
+def check_table_name(value: str) -> str:
+    """A table name sqlglot can quote: ``name``, ``schema.name`` or ``catalog.schema.name``."""
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{value!r} contains a control character (a newline, a tab...)")
+    try:
+        exp.to_table(value)
+    except SqlglotError as err:
+        raise ValueError(
+            f"{value!r} is not a table name ({str(err).splitlines()[0]}); write it as "
+            f"name, schema.name or catalog.schema.name, with balanced quotes"
+        ) from None
+    return value
+
+
+TableName = Annotated[StrictStr, Field(min_length=1), AfterValidator(check_table_name)]
 
 
 class _Strict(BaseModel):
@@ -47,7 +111,7 @@ class _Strict(BaseModel):
 class AssignmentColumns(_Strict):
     """How the assignment table's columns are named (defaults match the sample data)."""
 
-    table: str = "experiment_assignments"
+    table: TableName = "experiment_assignments"
     experiment: Identifier = "experiment_id"
     unit: Identifier = "member_id"
     variant: Identifier = "variant"
@@ -58,7 +122,7 @@ class AssignmentColumns(_Strict):
 class ExposureLog(_Strict):
     """An optional event log of exposures, checked against the assignments."""
 
-    table: str = "exposures"
+    table: TableName = "exposures"
     experiment: Identifier = "experiment_id"
     unit: Identifier = "member_id"
     timestamp: Identifier = "exposure_timestamp"
@@ -67,9 +131,9 @@ class ExposureLog(_Strict):
 class GuardrailConfig(_Strict):
     """A metric that must not get worse by more than ``margin`` (non-inferiority)."""
 
-    metric: str = Field(min_length=1)
-    margin: float = Field(ge=0)
-    relative: bool = True
+    metric: StrictStr = Field(min_length=1)
+    margin: StrictFloat = Field(ge=0)
+    relative: StrictBool = True
 
 
 class ExperimentConfig(_Strict):
@@ -80,31 +144,33 @@ class ExperimentConfig(_Strict):
     harm beyond their margin cannot be ruled out.
     """
 
-    id: str = Field(min_length=1)
-    control: str = Field(min_length=1)
-    weights: dict[str, float]
-    window: tuple[int, int] = (0, 6)
-    pre_window: tuple[int, int] = (-14, -1)
-    metrics: list[str] = Field(min_length=1)
+    # Strict types: "0.05" is not a number and true is not a count (an integer is accepted
+    # where a float is expected: margin = 0 is 0.0).
+    id: StrictStr = Field(min_length=1)
+    control: StrictStr = Field(min_length=1)
+    weights: dict[str, StrictFloat]
+    window: tuple[Day, Day] = (0, 6)
+    pre_window: tuple[Day, Day] = (-14, -1)
+    metrics: list[StrictStr] = Field(min_length=1)
     populations: list[Population] = ["itt", "tot"]
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
-    srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
+    alpha: StrictFloat = Field(default=0.05, gt=0, lt=0.5)
+    srm_threshold: StrictFloat = Field(default=0.001, gt=0, lt=0.5)
     start_date: date | None = None
     end_date: date | None = None
-    primary: list[str] | None = None
+    primary: list[StrictStr] | None = None
     guardrails: list[GuardrailConfig] = []
     correction: Literal["bh", "holm", "none"] = "bh"
-    min_days: int = Field(default=7, ge=1)
-    min_units: int = Field(default=100, ge=1)
-    max_multi_variant_share: float = Field(default=0.01, ge=0, le=1)
-    max_duplicate_row_share: float = Field(default=0.01, ge=0, le=1)
-    max_incomplete_share: float = Field(default=0.5, ge=0, le=1)
-    max_null_key_share: float = Field(default=0.001, ge=0, le=1)
-    sequential_mde: float = Field(default=0.02, gt=0)
+    min_days: StrictInt = Field(default=7, ge=1)
+    min_units: StrictInt = Field(default=100, ge=1)
+    max_multi_variant_share: StrictFloat = Field(default=0.01, ge=0, le=1)
+    max_duplicate_row_share: StrictFloat = Field(default=0.01, ge=0, le=1)
+    max_incomplete_share: StrictFloat = Field(default=0.5, ge=0, le=1)
+    max_null_key_share: StrictFloat = Field(default=0.001, ge=0, le=1)
+    sequential_mde: StrictFloat = Field(default=0.02, gt=0)
     stopping_rule: Literal["always_valid", "group_sequential", "fixed_horizon"] = "always_valid"
-    planned_units: int | None = Field(default=None, ge=2)
+    planned_units: StrictInt | None = Field(default=None, ge=2)
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
-    max_days: int | None = Field(default=None, ge=1)
+    max_days: StrictInt | None = Field(default=None, ge=1)
 
     @field_validator("weights")
     @classmethod
@@ -132,6 +198,16 @@ class ExperimentConfig(_Strict):
         dupes = sorted({v for v in values if values.count(v) > 1})
         if dupes:
             raise ValueError(f"listed more than once: {dupes}")
+        return values
+
+    @field_validator("populations")
+    @classmethod
+    def _itt_listed(cls, values: list[str]) -> list[str]:
+        if "itt" not in values:
+            raise ValueError(
+                f'must include "itt" (intent-to-treat is always computed; "tot" is optional): '
+                f'write ["itt"] or ["itt", "tot"], got {values}'
+            )
         return values
 
     @model_validator(mode="after")
@@ -190,13 +266,19 @@ class ExperimentConfig(_Strict):
 class RunConfig(_Strict):
     """The whole configuration file."""
 
-    tables: dict[str, str] = {}
-    database: str | None = None
-    metrics_dir: str | None = None
+    tables: dict[str, StrictStr] = {}
+    database: StrictStr | None = None
+    metrics_dir: StrictStr | None = None
     engine: Literal["duckdb", "spark"] = "duckdb"  # where the SQL runs
     # The zone that turns every timestamp into a calendar date (assignment days, windows),
     # on every engine, whatever the machine's own zone.
     timezone: str = "UTC"
+    # DuckDB's resources (the command line's --memory-limit, --threads and
+    # --temp-directory override them): spills go to temp_directory, else a private
+    # temporary folder removed when the run ends.
+    memory_limit: Annotated[StrictStr, AfterValidator(check_memory_limit)] | None = None
+    threads: Annotated[StrictInt, AfterValidator(check_threads)] | None = None
+    temp_directory: StrictStr | None = None
     assignments: AssignmentColumns = AssignmentColumns()
     exposures: ExposureLog | None = None
     experiment: list[ExperimentConfig] = Field(min_length=1)
@@ -221,6 +303,10 @@ class RunConfig(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"experiment ids must be unique, repeated: {dupes}")
+        for name, location in self.tables.items():
+            check_table_name(name)
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in location):
+                raise ValueError(f"tables.{name}: {location!r} contains a control character")
         return self
 
 
@@ -300,7 +386,9 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
             tables[name] = location
             continue
         resolved = location if Path(location).is_absolute() else str(base / location)
-        if not glob.glob(resolved):
+        # An existing path is taken as written (a folder named data[1] is not a pattern);
+        # ** also matches the folder itself, as the engines read it.
+        if not Path(resolved).exists() and not glob.glob(resolved, recursive=True):
             raise ConfigError(f"{path}: tables.{name}: no file matches {location!r}")
         tables[name] = resolved
     database = run.database
@@ -309,12 +397,26 @@ def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
         if not db.is_file():
             raise ConfigError(f"{path}: database: file {database!r} does not exist")
         database = str(db)
+        with db.open("rb") as handle:
+            if handle.read(16)[8:12] != b"DUCK":
+                raise ConfigError(
+                    f"{path}: database: {database!r} is not a DuckDB database file; point it "
+                    f"at a .duckdb file, or list the tables' files under [tables]"
+                )
     metrics_dir = run.metrics_dir
     if metrics_dir is not None:
         md = Path(metrics_dir) if Path(metrics_dir).is_absolute() else base / metrics_dir
         if not md.is_dir():
             raise ConfigError(f"{path}: metrics_dir: directory {metrics_dir!r} does not exist")
         metrics_dir = str(md)
+    temp_directory = run.temp_directory
+    if temp_directory is not None and not Path(temp_directory).is_absolute():
+        temp_directory = str(base / temp_directory)
     return run.model_copy(
-        update={"tables": tables, "database": database, "metrics_dir": metrics_dir}
+        update={
+            "tables": tables,
+            "database": database,
+            "metrics_dir": metrics_dir,
+            "temp_directory": temp_directory,
+        }
     )

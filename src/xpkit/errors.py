@@ -34,3 +34,32 @@ class MetricDefinitionError(BadInputError):
 
 class DataError(BadInputError):
     """A missing table or column, or data that cannot be analysed as configured."""
+
+
+class EngineStatementError(Exception):
+    """An engine rejected a statement (a binder or analysis error).
+
+    Not an :class:`XpkitError`: when no caller can say whose input the statement came from
+    (a metric's expression in a probe), it is a statement xpkit should not have generated,
+    and it surfaces as an internal error with its traceback. ``reason`` is the engine's
+    first line.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EngineDataError(DataError):
+    """A statement failed on the data itself: a failed cast, an overflow, invalid input.
+
+    A bad-input error on its own; the runner narrows it to the metric whose expression
+    fails when it can. ``reason`` is the engine's first line.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the engine could not compute the statement on this data: {reason}; check the "
+            f"metrics' expressions and the columns' types"
+        )
+        self.reason = reason

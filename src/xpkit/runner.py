@@ -6,7 +6,8 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,6 +23,13 @@ from xpkit.compile import (
     compile_exposure_health,
     compile_moments,
     compile_rows_after,
+)
+from xpkit.compile.statements import (
+    PROBE_TIME,
+    PROBE_UNIT,
+    compile_assignment_probe,
+    compile_date_check,
+    compile_probe,
 )
 from xpkit.config import LoadedConfig
 from xpkit.decide.analysis import MetricInfo, analyse
@@ -41,10 +49,17 @@ from xpkit.decide.stopping import (
     primary_looks,
     stopping_verdict,
 )
-from xpkit.define.metric import Metric
+from xpkit.define.metric import Metric, Source
 from xpkit.define.registry import MetricRegistry
 from xpkit.engines import Engine, open_engine
-from xpkit.errors import ConfigError, DataError, MetricDefinitionError
+from xpkit.errors import (
+    ConfigError,
+    DataError,
+    EngineDataError,
+    EngineStatementError,
+    MetricDefinitionError,
+)
+from xpkit.layout import MetricLayout
 from xpkit.output.storage import publish, recorded_fractions
 from xpkit.output.tables import (
     Provenance,
@@ -53,12 +68,14 @@ from xpkit.output.tables import (
     build_scorecard,
 )
 from xpkit.readout import (
+    MomentsTable,
     assignment_counts,
     daily_counts,
     read_cells,
     read_history,
     read_moments,
 )
+from xpkit.stats.means import _check_binary
 
 
 @dataclass(frozen=True)
@@ -200,6 +217,7 @@ def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: 
         check_columns(metrics, config.run.assignments, schemas)
     except DataError as err:
         raise DataError(f"{config.path}: {err}") from None
+    probe(config, metrics, engine)
     log = config.run.exposures
     if log is not None:
         cols = engine.columns(log.table)
@@ -211,6 +229,129 @@ def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: 
                 f"{config.path}: exposures: column(s) {missing} do not exist in table "
                 f"{log.table!r} (columns: {', '.join(cols)})"
             )
+
+
+def probe(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: Engine) -> None:
+    """Cheap statements before the real one, so a mistake names its metric or table.
+
+    One ``LIMIT 0`` per source binds every expression (SUM over text, an unknown function:
+    the metric is named); the unit and date columns' types are compared with the
+    assignments' (text ids against integer ones, dates stored as text that do not read as
+    dates).
+    """
+    a = config.run.assignments
+    assigned = engine.query(compile_assignment_probe(a, dialect=engine.dialect).sql).schema
+    _check_date(
+        engine, a.table, a.timestamp, assigned.field(PROBE_TIME).type, "assignments", text_ok=True
+    )
+    by_source: dict[type[Source], list[type[Metric]]] = {}
+    for metric in metrics:
+        by_source.setdefault(metric.source, []).append(metric)
+    for source, group in by_source.items():
+        try:
+            schema = engine.query(compile_probe(group, dialect=engine.dialect).sql).schema
+        except EngineStatementError as err:
+            for metric in group:
+                try:
+                    engine.query(compile_probe([metric], dialect=engine.dialect).sql)
+                except EngineStatementError as one:
+                    raise MetricDefinitionError(
+                        f"metric {metric.name!r} ({_defined_in(metric)}): "
+                        f"the {engine.dialect} engine rejects its SQL over table "
+                        f"{source.table!r}: {one.reason}; check the functions it calls and "
+                        f"the types of the columns it uses "
+                        f"({', '.join(sorted(metric.columns_used())) or 'none'})"
+                    ) from None
+            raise err
+        owner = f"metric {group[0].name!r} (source {source.__name__})"
+        _check_date(
+            engine, source.table, source.time, schema.field(PROBE_TIME).type, owner, text_ok=False
+        )
+        unit, ids = schema.field(PROBE_UNIT).type, assigned.field(PROBE_UNIT).type
+        if _is_text(unit) != _is_text(ids):
+            raise DataError(
+                f"{owner}: the unit ids do not match: column {source.unit!r} of table "
+                f"{source.table!r} is {unit}, the assignments' {a.unit!r} in table "
+                f"{a.table!r} is {ids}; store both as the same type (or cast one in a view)"
+            )
+
+
+def _defined_in(metric: type[Metric]) -> str:
+    """``metrics/engagement.py, class WatchSeconds``: where to fix it."""
+    file = getattr(sys.modules.get(metric.__module__), "__file__", None) or metric.__module__
+    return f"{file}, class {metric.__qualname__}"
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
+
+
+def _check_date(
+    engine: Engine, table: str, column: str, dtype: pa.DataType, owner: str, *, text_ok: bool
+) -> None:
+    """A date column must be a DATE or TIMESTAMP; text only where it is cast (and reads)."""
+    if not _is_text(dtype):
+        return
+    fix = "store it as a DATE or TIMESTAMP (or cast it in a view)"
+    if not text_ok:  # the fact scans compare it with dates as it is stored
+        raise DataError(f"{owner}: column {column!r} of table {table!r} holds text; {fix}")
+    row = engine.query(compile_date_check(table, column, dialect=engine.dialect).sql).to_pylist()
+    if row and row[0]["bad_rows"]:
+        raise DataError(
+            f"{owner}: column {column!r} of table {table!r} holds text, and "
+            f"{row[0]['bad_rows']} value(s) do not read as a date (e.g. {row[0]['example']!r}); "
+            f"{fix}"
+        )
+
+
+def _failing_metric(
+    config: LoadedConfig,
+    experiment_id: str,
+    metrics: Sequence[type[Metric]],
+    dates: ExperimentDates,
+    engine: Engine,
+    err: EngineDataError,
+) -> Exception:
+    """After the statement failed on the data: the first metric that fails on its own."""
+    experiment = config.experiment(experiment_id)
+    for metric in metrics:
+        alone = compile_moments(
+            experiment, [metric], config.run.assignments, dates, dialect=engine.dialect
+        )
+        try:
+            engine.query(alone.sql)
+        except EngineDataError as one:
+            return DataError(
+                f"metric {metric.name!r} ({_defined_in(metric)}): its SQL "
+                f"fails on the data of table {metric.source.table!r}: {one.reason}; check its "
+                f"expression {metric.expression!r} (a CAST that does not fit the values, an "
+                f"integer sum too large for its type: CAST to DOUBLE or BIGINT first)"
+            )
+    return err
+
+
+def check_proportions(
+    metrics: Sequence[type[Metric]], moments: MomentsTable, layouts: Mapping[str, MetricLayout]
+) -> None:
+    """A proportion metric's per-unit values must be 0 or 1 in every variant."""
+    for metric in metrics:
+        if metric.kind != "proportion":
+            continue
+        for population in ("itt", "tot"):
+            for variant in moments.variants(population):
+                cell = moments.get(population, variant, metric.name)
+                if cell is None:
+                    continue
+                try:
+                    _check_binary(cell, layouts[metric.name].value)
+                except ValueError:
+                    mean = cell.mean_of(layouts[metric.name].value)
+                    raise MetricDefinitionError(
+                        f"metric {metric.name!r} ({_defined_in(metric)}) is "
+                        f"kind = 'proportion' but its per-unit values are not all 0 or 1 "
+                        f"(mean {mean:.4g} in {variant!r}); declare kind = 'mean', or make the "
+                        f"expression 0/1 per unit, e.g. MAX(CASE WHEN ... THEN 1 ELSE 0 END)"
+                    ) from None
 
 
 def run_experiment(
@@ -250,7 +391,11 @@ def run_experiment(
     if dates is not None:
         query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
         assert query.layout is not None
-        cells = read_cells(engine.query(query.sql), query.layout)
+        try:
+            result = engine.query(query.sql)
+        except EngineDataError as err:
+            raise _failing_metric(config, experiment_id, metrics, dates, engine, err) from None
+        cells = read_cells(result, query.layout)
     summary = assignment_counts(cells) if cells is not None else []
     checks = run_checks(
         experiment,
@@ -285,6 +430,7 @@ def run_experiment(
         assert query.layout is not None
         sql = query.sql
         moments = read_moments(cells, query.layout)
+        check_proportions(metrics, moments, query.layout.metrics)
         if history:
             # The scorecard's always-valid columns are ITT's: a history that is not written
             # out is built for ITT only.
@@ -390,14 +536,17 @@ def engine_for(
     *,
     memory_limit: str | None = None,
     threads: int | None = None,
+    temp_directory: str | None = None,
 ) -> Engine:
-    """The engine ``name`` (else the config's ``engine``) over the config's tables."""
+    """The engine ``name`` (else the config's ``engine``) over the config's tables, with
+    the command line's resources where given, else the config's."""
     return open_engine(
         name or config.run.engine,
         config.run.tables,
         database=config.run.database,
-        memory_limit=memory_limit,
-        threads=threads,
+        memory_limit=memory_limit or config.run.memory_limit,
+        threads=threads or config.run.threads,
+        temp_directory=temp_directory or config.run.temp_directory,
         timezone=config.run.timezone,
     )
 

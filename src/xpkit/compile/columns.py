@@ -36,10 +36,26 @@ class SourceScan:
     source: type[Source]
     columns: list[UnitColumn] = field(default_factory=list)
     names: dict[tuple[str, float | None, float | None], str] = field(default_factory=dict)
+    # The scan's name in the statement: the source's name, with a number appended when
+    # two sources (say, classes of one name in two metric files) share it.
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.source.name
 
     @property
     def cte(self) -> str:
-        return f"xp_per_unit_{self.source.name}"
+        return f"xp_per_unit_{self.label}"
+
+
+def unique_label(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... the first one not in ``taken`` (added to it)."""
+    label, n = name, 1
+    while label in taken:
+        n += 1
+        label = f"{name}_{n}"
+    taken.add(label)
+    return label
 
 
 def _qualified(tree: exp.Expr) -> exp.Expr:
@@ -105,7 +121,10 @@ def plan_columns(
     scans: dict[type[Source], SourceScan] = {}
     layouts: dict[str, MetricLayout] = {}
     for metric in metrics:
-        scan = scans.setdefault(metric.source, SourceScan(metric.source))
+        if metric.source not in scans:
+            label = unique_label(metric.source.name, {s.label for s in scans.values()})
+            scans[metric.source] = SourceScan(metric.source, label=label)
+        scan = scans[metric.source]
         post = _condition(metric, _in_window(metric.source, window))
         pre = _condition(metric, _in_window(metric.source, pre_window))
 
@@ -164,7 +183,7 @@ def _has_history_column(scan: SourceScan, pre_window: tuple[int, int]) -> str:
     Units with no pre-period rows get covariate 0; without this indicator, CUPED would
     treat "no history" as "zero activity" and bias theta for new units.
     """
-    name = f"{scan.source.name}__has_history"
+    name = f"{scan.label}__has_history"
     if all(c.name != name for c in scan.columns):
         # COUNT(*) FILTER (WHERE pre) > 0 rather than a MAX(CASE ...): a count of pre-period
         # rows is often an aggregate the scan has anyway (an active-days metric's covariate),

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 from sqlglot import exp
 
-from xpkit.compile.columns import SourceScan, plan_columns
+from xpkit.compile.columns import SourceScan, plan_columns, unique_label
 from xpkit.compile.dialects import dialect as dialect_rules
 from xpkit.compile.dialects import finish
 from xpkit.compile.sql import date_literal, ident, render, string_literal, table_ref
@@ -131,7 +131,7 @@ def compile_moments(
                 "table_comment": scan.source.table.replace("*/", ""),
                 "unit": ident(scan.source.unit),
                 "time": ident(scan.source.time),
-                "rows_column": ident(ROWS_PREFIX + scan.source.name),
+                "rows_column": ident(ROWS_PREFIX + scan.label),
                 "columns": [
                     {"name": ident(c.name), "sql": c.tree.sql("duckdb")} for c in scan.columns
                 ],
@@ -154,7 +154,7 @@ def compile_moments(
         metrics=layouts,
         columns=tuple(moment_columns),
         products=tuple(products),
-        row_counts={ROWS_PREFIX + s.source.name: s.source.table for s in scans},
+        row_counts={ROWS_PREFIX + s.label: s.source.table for s in scans},
         populations=tuple(populations),
         window_end=experiment.window[1],
     )
@@ -212,9 +212,15 @@ def compile_bounds(
     dialect: str = "duckdb",
 ) -> CompiledQuery:
     """First/last assignment date and each source's last date (see bounds.sql.j2)."""
+    # One last date per table and date column, named after its first source (numbered
+    # when sources of one name read different tables).
     sources: dict[str, type[Source]] = {}
+    seen: dict[tuple[str, str], str] = {}
     for metric in metrics:
-        sources.setdefault(metric.source.name, metric.source)
+        key = (metric.source.table, metric.source.time)
+        if key not in seen:
+            seen[key] = unique_label(metric.source.name, set(sources))
+            sources[seen[key]] = metric.source
     sql = render_template(
         "bounds.sql.j2",
         a=_assignment_context(assignments),
@@ -271,3 +277,89 @@ def compile_exposure_health(
         experiment_id=string_literal(experiment.id),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
+
+
+# --------------------------------------------------------------------------------------
+# Probes: cheap statements a run executes before the real one, so that an expression the
+# engine rejects, or a column of the wrong type, is reported with its metric or table.
+
+PROBE_UNIT = "xp_unit"
+PROBE_TIME = "xp_time"
+
+
+def compile_probe(metrics: Sequence[type[Metric]], *, dialect: str = "duckdb") -> CompiledQuery:
+    """``LIMIT 0`` over the metrics' one source: binds every expression, runs nothing.
+
+    The result is empty; its schema holds the types of the unit (``xp_unit``) and date
+    (``xp_time``) columns. All ``metrics`` must share one source.
+    """
+    source = metrics[0].source
+    columns: list[exp.Expr] = [
+        exp.alias_(exp.column(source.unit, table="s"), PROBE_UNIT),
+        exp.alias_(exp.func("MIN", exp.column(source.time, table="s")), PROBE_TIME),
+    ]
+    for i, metric in enumerate(metrics):
+        trees = [metric.expression_tree, metric.denominator_tree, metric.covariate_tree]
+        for j, tree in enumerate(t for t in trees if t is not None):
+            value = _qualify(tree)
+            if metric.filter_tree is not None:
+                value = _filtered(value, _qualify(metric.filter_tree))
+            columns.append(exp.alias_(value, f"xp_probe_{i}_{j}"))
+    query = (
+        exp.select(*columns)
+        .from_(exp.alias_(exp.to_table(source.table), "s", table=True))
+        .group_by(exp.column(source.unit, table="s"))
+        .limit(0)
+    )
+    return CompiledQuery(sql=finish(query.sql("duckdb"), dialect), dialect=dialect)
+
+
+def compile_assignment_probe(
+    assignments: AssignmentColumns, *, dialect: str = "duckdb"
+) -> CompiledQuery:
+    """``LIMIT 0`` over the assignments: the types of the unit and timestamp columns."""
+    query = (
+        exp.select(
+            exp.alias_(exp.column(assignments.unit), PROBE_UNIT),
+            exp.alias_(exp.column(assignments.timestamp), PROBE_TIME),
+        )
+        .from_(exp.to_table(assignments.table))
+        .limit(0)
+    )
+    return CompiledQuery(sql=finish(query.sql("duckdb"), dialect), dialect=dialect)
+
+
+def compile_date_check(table: str, column: str, *, dialect: str = "duckdb") -> CompiledQuery:
+    """For a date column stored as text: how many values do not read as a date, and one."""
+    col = exp.column(column)
+    bad = exp.and_(
+        exp.Not(this=exp.Is(this=col.copy(), expression=exp.null())),
+        exp.Is(
+            this=exp.TryCast(this=col.copy(), to=exp.DataType.build("DATE")), expression=exp.null()
+        ),
+    )
+    query = (
+        exp.select(
+            exp.alias_(exp.Count(this=exp.Star()), "bad_rows"),
+            exp.alias_(exp.func("MIN", col.copy()), "example"),
+        )
+        .from_(exp.to_table(table))
+        .where(bad)
+    )
+    return CompiledQuery(sql=finish(query.sql("duckdb"), dialect), dialect=dialect)
+
+
+def _qualify(tree: exp.Expr) -> exp.Expr:
+    tree = tree.copy()
+    for col in tree.find_all(exp.Column):
+        col.set("table", exp.to_identifier("s"))
+    return tree
+
+
+def _filtered(tree: exp.Expr, condition: exp.Expr) -> exp.Expr:
+    def wrap(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.AggFunc) and not isinstance(node.parent, exp.Filter):
+            return exp.Filter(this=node, expression=exp.Where(this=condition.copy()))
+        return node
+
+    return tree.transform(wrap)

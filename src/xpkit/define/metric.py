@@ -24,6 +24,7 @@ import sqlglot
 # Every metric is parsed in DuckDB's dialect when its class is defined: the dialect loads
 # with xpkit rather than lazily inside the first metric definition (it takes ~0.07 s).
 import sqlglot.dialects.duckdb  # noqa: F401
+import sqlglot.errors
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
@@ -139,6 +140,12 @@ class Source:
                 raise MetricDefinitionError(
                     f"{owner}: `{attr}` must be a plain column name, got {getattr(cls, attr)!r}"
                 )
+        if not isinstance(cls.name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cls.name):
+            raise MetricDefinitionError(
+                f"{owner}: `name` must be letters, digits and _ (not starting with a digit), "
+                f"got {cls.name!r}"
+            )
+        _check_table(cls.table, owner)
 
 
 class Metric:
@@ -265,6 +272,21 @@ class Metric:
             repr(cls.higher_is_better),
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _check_table(table: str, owner: str) -> None:
+    """A logical table name: no control characters, and one sqlglot can quote."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in table):
+        raise MetricDefinitionError(
+            f"{owner}: `table` contains a control character (a newline, a tab...): {table!r}"
+        )
+    try:
+        exp.to_table(table)
+    except sqlglot.errors.SqlglotError as err:
+        raise MetricDefinitionError(
+            f"{owner}: `table` is not a table name ({str(err).splitlines()[0]}): {table!r}; "
+            f"write it as name, schema.name or catalog.schema.name"
+        ) from None
 
 
 def _parse_cap(cap: object, owner: str) -> tuple[float | None, float | None]:

@@ -22,8 +22,13 @@ def open_engine(
     memory_limit: str | None = None,
     threads: int | None = None,
     timezone: str = "UTC",
+    temp_directory: str | None = None,
 ) -> Engine:
-    """The engine a run asked for, by name (each imported only when asked for)."""
+    """The engine a run asked for, by name (each imported only when asked for).
+
+    ``memory_limit``, ``threads`` and ``temp_directory`` (the spill folder) are DuckDB's;
+    a Spark session takes its resources from its own configuration.
+    """
     if name == "duckdb":
         from xpkit.engines.duckdb import DuckDBEngine
 
@@ -33,6 +38,7 @@ def open_engine(
             memory_limit=memory_limit,
             threads=threads,
             timezone=timezone,
+            temp_directory=temp_directory,
         )
     if name == "spark":
         from xpkit.engines.spark import SparkEngine  # optional dependency

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
-from xpkit.errors import BadInputError, DataError
+from xpkit.errors import BadInputError, DataError, EngineDataError, EngineStatementError
 from xpkit.locations import is_file_location
 
 if TYPE_CHECKING:
@@ -41,6 +41,13 @@ def _analysis_exception() -> type[Exception]:
     from pyspark.errors import AnalysisException
 
     return AnalysisException
+
+
+def _spark_exception() -> type[Exception]:
+    """Every error PySpark raises for a failed statement (analysis, cast, overflow...)."""
+    from pyspark.errors import PySparkException
+
+    return PySparkException
 
 
 class SparkEngine:
@@ -123,13 +130,17 @@ class SparkEngine:
             with _quiet_query_context_logs():
                 return _to_arrow(self.spark.sql(sql))
         except _analysis_exception() as err:
-            # Only a missing table, file or column is the user's to fix; any other analysis
-            # error is a statement xpkit should not have generated, and surfaces as such.
-            if not _condition(err).startswith(_MISSING_DATA):
-                raise
-            raise DataError(
-                f"the data does not match the configuration: {_first_line(err)}"
-            ) from None
+            # A missing table, file or column is the user's to fix; any other analysis
+            # error is a statement the caller must attribute (a metric's expression in a
+            # probe), else one xpkit should not have generated, and surfaces as such.
+            if _condition(err).startswith(_MISSING_DATA):
+                raise DataError(
+                    f"the data does not match the configuration: {_first_line(err)}"
+                ) from None
+            raise EngineStatementError(_first_line(err)) from err
+        except _spark_exception() as err:
+            # Raised while running: a failed cast, an overflow, a bad date in the data.
+            raise EngineDataError(_first_line(err)) from err
 
     def close(self) -> None:
         if self._owns_session:

@@ -82,6 +82,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special
 
+from xpkit.stats.lift import check_alpha
+
 SpendingShape = Literal["obrien_fleming", "pocock"]
 CrossingSide = Literal["both", "upper", "lower"]
 
@@ -125,15 +127,15 @@ def alpha_spending(
 
     Each side spends ``alpha / 2`` through the chosen shape; the result is their sum.
     """
-    _check_alpha(alpha)
-    t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
+    check_alpha(alpha)
+    fractions = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
     per_side = alpha / 2
     if shape == "obrien_fleming":
         with np.errstate(divide="ignore"):
             # 2 - 2 Phi(x) written as 2 Phi(-x): no cancellation when the spend is tiny.
-            return 2 * (2 * special.ndtr(special.ndtri(per_side / 2) / np.sqrt(t)))
+            return 2 * (2 * special.ndtr(special.ndtri(per_side / 2) / np.sqrt(fractions)))
     if shape == "pocock":
-        return 2 * per_side * np.log1p((math.e - 1) * t)
+        return 2 * per_side * np.log1p((math.e - 1) * fractions)
     raise ValueError(f"unknown spending shape {shape!r}; use 'obrien_fleming' or 'pocock'")
 
 
@@ -167,7 +169,7 @@ def spending_boundaries(
     ends early on the calendar): its spending time is set to 1 while its correlation with
     earlier looks still uses the real information fraction.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     t = _check_fractions(information_fractions)
     spend_t = t.copy()
     if spend_all_at_last:
@@ -306,7 +308,7 @@ def inflation_factor(
     drift grows as the square root of the sample size (Jennison & Turnbull, 2000,
     section 2.5). Multiply a fixed-horizon sample size by it to get the design's maximum.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not 0 < power < 1:
         raise ValueError(f"power must be in (0, 1), got {power}")
     t = _check_fractions(fractions)
@@ -475,8 +477,3 @@ def _bound_from_tail(two_sided_tail: float) -> float:
 
 def _npdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
