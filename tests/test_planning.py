@@ -167,3 +167,79 @@ def test_power_plan_on_the_sample_matches_a_hand_computation(sample_dir) -> None
         WHERE u.day + 6 <= DATE '{as_of}'
     """).fetchone()[0]
     assert p.variance == pytest.approx(variance, rel=1e-9)
+
+
+def test_the_default_rules_plan_comes_from_the_pre_period_only() -> None:
+    """Units = k^2 CV^2 (1/w_c + 1/w_t) / mde^2 x the group-sequential inflation, with CV
+    from the pre-period value scaled to the window's length (computed here by hand)."""
+    from scipy import stats
+
+    from xpkit.decide.planning import plan_from_pre_period
+    from xpkit.stats.group_sequential import inflation_factor
+
+    rng = np.random.default_rng(3)
+    pooled = sample(rng, 5000)
+    p = plan_from_pre_period(
+        "m", LAYOUT, pooled, window_days=7, pre_window_days=14, mde_relative=0.05,
+        power=0.8, alpha=0.05, weights=[0.5, 0.5], looks=28,
+    )  # fmt: skip
+    assert p is not None
+    x = pooled.select(["m__pre"])
+    cv2 = float(x.cov()[0, 0]) / float(x.mean[0]) ** 2 * 14 / 7
+    k = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    per_arm = k**2 * cv2 * 2 / 0.05**2
+    assert p.fixed_units == 2 * int(np.ceil(per_arm))
+    inflation = inflation_factor(np.arange(1, 29) / 28, 0.05, 0.8, "obrien_fleming")
+    assert 1.0 < inflation < 1.1
+    assert p.planned_units == int(np.ceil(p.fixed_units * inflation))
+    assert "from its pre-period CV" in p.note and "x1.0" in p.note
+    # The value over the analysis window plays no part: changing it changes nothing.
+    shifted = Moments(
+        n=pooled.n, columns=pooled.columns,
+        mean=pooled.mean * np.array([10.0, 1.0, 1.0]), comoment=pooled.comoment,
+    )  # fmt: skip
+    assert plan_from_pre_period(
+        "m", LAYOUT, shifted, window_days=7, pre_window_days=14, mde_relative=0.05,
+        power=0.8, alpha=0.05, weights=[0.5, 0.5], looks=28,
+    ) == p  # fmt: skip
+    # Without a pre-period value there is nothing to plan from.
+    bare = MetricLayout("m", "mean", "m__value")
+    assert (
+        plan_from_pre_period(
+            "m",
+            bare,
+            pooled,
+            window_days=7,
+            pre_window_days=14,
+            mde_relative=0.05,
+            power=0.8,
+            alpha=0.05,
+            weights=[0.5, 0.5],
+            looks=28,
+        )  # fmt: skip
+        is None
+    )
+
+
+def test_the_default_stopping_rule_states_its_plan_and_falls_back_without_one() -> None:
+    import math
+
+    from xpkit.config import ExperimentConfig
+    from xpkit.decide.planning import SequentialPlan
+    from xpkit.decide.stopping import PrimaryLook, stopping_verdict
+    from xpkit.stats.effect import Effect
+
+    exp = ExperimentConfig(id="d", control="c", weights={"c": 0.5, "t": 0.5}, metrics=["m"])
+    assert exp.stopping_rule == "group_sequential" and exp.planned_units is None
+    nan = math.nan
+    effect = Effect(
+        "welch", 500, 500, 10.0, 11.0, 1.0, 0.5, nan, nan, None, None, None, None, nan, 0.05
+    )
+    looks = [PrimaryLook("m", effect, True, 0.5)]
+    plan = SequentialPlan("m", 4000, 3900, 1.03, 28, "4000 planned units: ...")
+    verdict = stopping_verdict(exp, looks, n_total=1000, days_observed=7, plan=plan)
+    assert verdict.information_fraction == pytest.approx(0.25)
+    assert "(4000 planned units: ...)" in verdict.reason
+    fallback = stopping_verdict(exp, looks, n_total=1000, days_observed=7)
+    assert fallback.information_fraction is None
+    assert "no pre-period to plan from, so the always-valid test decides" in fallback.reason

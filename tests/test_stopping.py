@@ -25,7 +25,13 @@ def effect(z: float) -> Effect:
 
 
 def experiment(**update) -> ExperimentConfig:
-    base = dict(id="e", control="c", weights={"c": 0.5, "t": 0.5}, metrics=["m"])
+    base = dict(
+        id="e",
+        control="c",
+        weights={"c": 0.5, "t": 0.5},
+        metrics=["m"],
+        stopping_rule="always_valid",
+    )
     return ExperimentConfig(**(base | update))
 
 

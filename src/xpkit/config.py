@@ -167,7 +167,12 @@ class ExperimentConfig(_Strict):
     max_incomplete_share: StrictFloat = Field(default=0.5, ge=0, le=1)
     max_null_key_share: StrictFloat = Field(default=0.001, ge=0, le=1)
     sequential_mde: StrictFloat = Field(default=0.02, gt=0)
-    stopping_rule: Literal["always_valid", "group_sequential", "fixed_horizon"] = "always_valid"
+    # The default stopping rule: O'Brien-Fleming alpha spending toward planned_units, or,
+    # without it, toward the units that detect planned_mde with planned_power according
+    # to the pre-period variance of the first primary metric (decide/planning.py).
+    stopping_rule: Literal["always_valid", "group_sequential", "fixed_horizon"] = "group_sequential"
+    planned_mde: StrictFloat = Field(default=0.02, gt=0, lt=1)
+    planned_power: StrictFloat = Field(default=0.8, gt=0, lt=1)
     planned_units: StrictInt | None = Field(default=None, ge=2)
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
     max_days: StrictInt | None = Field(default=None, ge=1)
@@ -230,8 +235,6 @@ class ExperimentConfig(_Strict):
         unknown_primary = sorted(set(self.primary or []) - set(self.metrics))
         if unknown_primary:
             raise ValueError(f"primary metrics {unknown_primary} are not listed in metrics")
-        if self.stopping_rule == "group_sequential" and self.planned_units is None:
-            raise ValueError("stopping_rule 'group_sequential' needs planned_units")
         if self.primary == []:
             raise ValueError("primary must name at least one metric")
         guarded = [g.metric for g in self.guardrails]

@@ -31,7 +31,7 @@ from xpkit.compile.statements import (
     compile_date_check,
     compile_probe,
 )
-from xpkit.config import LoadedConfig
+from xpkit.config import ExperimentConfig, LoadedConfig
 from xpkit.decide.analysis import MetricInfo, analyse
 from xpkit.decide.decision import decide
 from xpkit.decide.health import (
@@ -42,6 +42,7 @@ from xpkit.decide.health import (
     sample_checks,
 )
 from xpkit.decide.history import AlwaysValid, build_history, last_looks
+from xpkit.decide.planning import DEFAULT_PLANNED_LOOKS, SequentialPlan, plan_from_pre_period
 from xpkit.decide.stopping import (
     calendar_end,
     family_always_valid_p,
@@ -369,13 +370,14 @@ def run_experiment(
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
     The history comes from the same single statement: its last day is the scorecard's
-    population, so asking for it costs no second scan. The always-valid stopping rule needs
-    it, so it is computed whenever that rule is in force. ``past_fractions`` are the
+    population, so asking for it costs no second scan. Its ITT part is always computed: the
+    scorecard's always-valid columns come from it whatever the stopping rule (and the
+    always-valid rule decides on them). ``past_fractions`` are the
     information fractions of this experiment's earlier recorded runs (group-sequential).
     """
     experiment = config.experiment(experiment_id)
     keep_history = history
-    history = history or experiment.stopping_rule == "always_valid"
+    history = True  # ITT only unless it is kept (see below)
     metrics = resolve_metrics(config, registry, experiment_id)
     check_schema(config, metrics, engine)
     computed_at = datetime.now(UTC)
@@ -423,6 +425,7 @@ def run_experiment(
     infos: dict[str, MetricInfo] = {}
     results = []
     history_table = None
+    moments: MomentsTable | None = None
     always_valid: dict[tuple[str, str], AlwaysValid] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
@@ -456,6 +459,7 @@ def run_experiment(
     n_total = n_control + sum(n_by_variant.values())
     higher = {name: info.higher_is_better for name, info in infos.items()}
     av_p = family_always_valid_p(experiment, always_valid)
+    plan = _sequential_plan(experiment, infos, moments) if moments is not None else None
     verdicts = {
         variant: stopping_verdict(
             experiment,
@@ -464,6 +468,7 @@ def run_experiment(
             days_observed=days,
             past_fractions=past_fractions,
             family_size=family_size(experiment),
+            plan=plan,
         )
         for variant in experiment.treatments
     }
@@ -527,6 +532,37 @@ def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
         history=published.history,
         run_id=manifest.run_id,
         paths=(*(manifest.file(kind) for kind in manifest.files), manifest.path),
+    )
+
+
+def _sequential_plan(
+    experiment: ExperimentConfig, infos: Mapping[str, MetricInfo], moments: MomentsTable
+) -> SequentialPlan | None:
+    """The default rule's planned sample when ``planned_units`` is not configured: from the
+    first primary metric's pre-period over the experiment's units (all arms pooled)."""
+    if experiment.stopping_rule != "group_sequential" or experiment.planned_units is not None:
+        return None
+    metric = experiment.primary_metrics[0]
+    cells = [m for v in moments.variants("itt") if (m := moments.get("itt", v, metric))]
+    if not cells:
+        return None
+    pooled = cells[0]
+    for cell in cells[1:]:
+        pooled = pooled.merge(cell)
+    window, pre = experiment.window, experiment.pre_window
+    return plan_from_pre_period(
+        metric,
+        infos[metric].layout,
+        pooled,
+        window_days=window[1] - window[0] + 1,
+        pre_window_days=pre[1] - pre[0] + 1,
+        mde_relative=experiment.planned_mde,
+        power=experiment.planned_power,
+        alpha=experiment.alpha / family_size(experiment),
+        weights=[experiment.weights[experiment.control]]
+        + [experiment.weights[v] for v in experiment.treatments],
+        looks=experiment.max_days or DEFAULT_PLANNED_LOOKS,
+        shape=experiment.spending,
     )
 
 

@@ -13,6 +13,7 @@ them into a plan with :mod:`xpkit.stats.power`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from xpkit.errors import BadInputError
 from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
+from xpkit.stats.group_sequential import SpendingShape, inflation_factor
 from xpkit.stats.power import days_needed, minimum_detectable_effect, required_sample_size
 
 
@@ -131,3 +133,73 @@ def plan(
             for d in horizons
         },
     )
+
+
+# Daily looks over four weeks: the default rule's planned number of looks without max_days.
+DEFAULT_PLANNED_LOOKS = 28
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """The planned sample of the default group-sequential rule, and how it was found."""
+
+    metric: str
+    planned_units: int
+    fixed_units: int
+    inflation: float
+    looks: int
+    note: str
+
+
+def plan_from_pre_period(
+    metric: str,
+    layout: MetricLayout,
+    pooled: Moments,
+    *,
+    window_days: int,
+    pre_window_days: int,
+    mde_relative: float,
+    power: float,
+    alpha: float,
+    weights: list[float],
+    looks: int,
+    shape: SpendingShape = "obrien_fleming",
+) -> SequentialPlan | None:
+    """Units to detect ``mde_relative`` with ``power`` from the pre-period alone.
+
+    Only information from before the treatment is used: the coefficient of variation of
+    the metric's pre-period value over the experiment's units (the pre-period is untouched
+    by any variant), never the experiment's outcomes. A relative MDE needs only the CV:
+    ``n = k^2 CV^2 (1/w_c + 1/w_t) / mde^2``. The pre-period may be longer than the
+    analysis window; the CV of a sum of ``d`` independent days falls as ``1/sqrt(d)``, so
+    ``CV_window^2 = CV_pre^2 * pre_days / window_days`` -- with positively correlated days
+    the true CV is smaller, so this errs toward more units (power kept, never alpha
+    spent early). The fixed-horizon size is then multiplied by the group-sequential
+    inflation factor for ``looks`` equally spaced looks (Jennison & Turnbull, 2000, 2.5).
+    None when the metric has no pre-period value or it has no spread.
+    """
+    if layout.pre_value is None or pooled.n < 3:
+        return None
+    mean = pooled.mean_of(layout.pre_value)
+    variance = pooled.var_of(layout.pre_value)
+    if not (variance > 0 and mean != 0):
+        return None
+    cv2 = variance / mean**2 * pre_window_days / window_days
+    fixed = required_sample_size(
+        mde_relative,
+        cv2,
+        relative=True,
+        baseline_mean=1.0,
+        alpha=alpha,
+        power=power,
+        allocation=weights,
+    ).n_total
+    fractions = np.arange(1, looks + 1) / looks
+    inflation = inflation_factor(fractions, alpha, power, shape)
+    planned = math.ceil(fixed * inflation)
+    note = (
+        f"{planned} planned units: {mde_relative:+.1%} on {metric} at {power:.0%} power, "
+        f"alpha {alpha:.3g}, from its pre-period CV {math.sqrt(cv2):.3g}, x{inflation:.3f} "
+        f"for {looks} looks"
+    )
+    return SequentialPlan(metric, planned, fixed, inflation, looks, note)

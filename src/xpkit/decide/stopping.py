@@ -29,6 +29,7 @@ from typing import Literal
 
 from xpkit.config import ExperimentConfig
 from xpkit.decide.history import AlwaysValid
+from xpkit.decide.planning import SequentialPlan
 from xpkit.stats.effect import Effect
 from xpkit.stats.group_sequential import check_look
 from xpkit.stats.multiple import e_bh_adjusted
@@ -64,12 +65,26 @@ def stopping_verdict(
     days_observed: int,
     past_fractions: Sequence[float] = (),
     family_size: int = 1,
+    plan: SequentialPlan | None = None,
 ) -> StopVerdict:
     """The verdict for one treatment variant; ``family_size`` is the number of hypotheses
     (primary and secondary metrics x treatment variants) the error rate is controlled over
-    (1 when no correction is configured)."""
+    (1 when no correction is configured). ``plan`` is the pre-period plan the
+    group-sequential rule aims at when ``planned_units`` is not configured."""
     rule = experiment.stopping_rule
     alpha = experiment.alpha
+    planned_note = ""
+    if rule == "group_sequential" and experiment.planned_units is None:
+        if plan is None:
+            # Nothing to plan from (no pre-period value of the primary metric): the
+            # always-valid test needs no plan and stays valid under daily looks.
+            rule = "always_valid"
+            planned_note = (
+                "; no planned_units and no pre-period to plan from, so the always-valid test "
+                "decides (set planned_units from `xpkit power` for a group-sequential plan)"
+            )
+        else:
+            planned_note = f" ({plan.note})"
     if not primaries:
         return StopVerdict("continue", "no primary metric estimate yet")
     if rule == "fixed_horizon":
@@ -83,6 +98,40 @@ def stopping_verdict(
         return StopVerdict("fixed", "fixed horizon reached" if planned else "")
 
     if rule == "always_valid":
+        verdict = _always_valid(experiment, primaries, days_observed)
+        return StopVerdict(verdict.state, verdict.reason + planned_note)
+
+    # group_sequential
+    planned = experiment.planned_units or (plan.planned_units if plan else None)
+    assert planned is not None  # either configured or planned above
+    fraction = min(1.0, n_total / planned)
+    past = [f for f in past_fractions if f < fraction]
+    verdicts = []
+    for look in primaries:
+        e = look.effect
+        z = e.abs_effect / e.abs_se if e.abs_se and e.abs_se > 0 else 0.0
+        verdicts.append(
+            check_look(past, fraction, z, alpha / max(family_size, 1), experiment.spending)
+        )
+    bound = verdicts[0].z_bound
+    head = (
+        f"group-sequential look {len(past) + 1} at information fraction {fraction:.2f}, "
+        f"|z| bound {bound:.3f}{planned_note}"
+    )
+    if any(v.crossed and not _good(look) for v, look in zip(verdicts, primaries, strict=True)):
+        return StopVerdict("harm", f"{head}: crossed in the harmful direction", fraction, bound)
+    if all(v.crossed and _good(look) for v, look in zip(verdicts, primaries, strict=True)):
+        return StopVerdict("benefit", f"{head}: crossed", fraction, bound)
+    if verdicts[0].final:
+        return StopVerdict("ended", f"{head}: final look, not crossed", fraction, bound)
+    return StopVerdict("continue", f"{head}: not crossed", fraction, bound)
+
+
+def _always_valid(
+    experiment: ExperimentConfig, primaries: Sequence[PrimaryLook], days_observed: int
+) -> StopVerdict:
+    alpha = experiment.alpha
+    if True:
         ps = [p.always_valid_p for p in primaries]
         if any(p is None or math.isnan(p) for p in ps):
             return StopVerdict("continue", "always-valid p-value not available yet")
@@ -104,31 +153,6 @@ def stopping_verdict(
                 f"crossing (always-valid {text})",
             )
         return StopVerdict("continue", f"always-valid bound not crossed yet ({text})")
-
-    # group_sequential
-    planned = experiment.planned_units
-    assert planned is not None  # enforced by the config
-    fraction = min(1.0, n_total / planned)
-    past = [f for f in past_fractions if f < fraction]
-    verdicts = []
-    for look in primaries:
-        e = look.effect
-        z = e.abs_effect / e.abs_se if e.abs_se and e.abs_se > 0 else 0.0
-        verdicts.append(
-            check_look(past, fraction, z, alpha / max(family_size, 1), experiment.spending)
-        )
-    bound = verdicts[0].z_bound
-    head = (
-        f"group-sequential look {len(past) + 1} at information fraction {fraction:.2f}, "
-        f"|z| bound {bound:.3f}"
-    )
-    if any(v.crossed and not _good(look) for v, look in zip(verdicts, primaries, strict=True)):
-        return StopVerdict("harm", f"{head}: crossed in the harmful direction", fraction, bound)
-    if all(v.crossed and _good(look) for v, look in zip(verdicts, primaries, strict=True)):
-        return StopVerdict("benefit", f"{head}: crossed", fraction, bound)
-    if verdicts[0].final:
-        return StopVerdict("ended", f"{head}: final look, not crossed", fraction, bound)
-    return StopVerdict("continue", f"{head}: not crossed", fraction, bound)
 
 
 def calendar_end(experiment: ExperimentConfig, days: int, as_of: date | None) -> str | None:
