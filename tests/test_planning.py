@@ -243,3 +243,17 @@ def test_the_default_stopping_rule_states_its_plan_and_falls_back_without_one() 
     fallback = stopping_verdict(exp, looks, n_total=1000, days_observed=7)
     assert fallback.information_fraction is None
     assert "no pre-period to plan from, so the always-valid test decides" in fallback.reason
+
+
+def test_a_sequential_plan_inflates_the_fixed_horizon_units() -> None:
+    rng = np.random.default_rng(6)
+    control = sample(rng, 4000)
+    pooled = control.merge(sample(rng, 4000))
+    args = dict(weights=[0.5, 0.5], units_per_day=1000, mde_relative=0.03, alpha=0.05, power=0.8)
+    fixed = plan("m", LAYOUT, control, pooled, **args)  # type: ignore[arg-type]
+    gs = plan("m", LAYOUT, control, pooled, rule="group-sequential", inflation=1.03, **args)  # type: ignore[arg-type]
+    assert gs.units_total_fixed == fixed.units_total
+    assert gs.units_per_arm == tuple(int(np.ceil(n * 1.03)) for n in fixed.units_per_arm)
+    assert gs.units_total == int(np.ceil(fixed.units_total * 1.03))
+    assert gs.days == int(np.ceil(gs.units_total / 1000))
+    assert gs.mde_at_days[14] == pytest.approx(fixed.mde_at_days[14] * np.sqrt(1.03))

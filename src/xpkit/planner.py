@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
+
 from xpkit.compile import compile_moments
 from xpkit.config import LoadedConfig
-from xpkit.decide.planning import PowerPlan, plan
+from xpkit.decide.planning import DEFAULT_PLANNED_LOOKS, PowerPlan, plan
+from xpkit.decide.stopping import family_size
 from xpkit.define.registry import MetricRegistry
 from xpkit.engines import Engine
 from xpkit.errors import DataError
 from xpkit.readout import read_cells, read_moments
 from xpkit.runner import check_schema, resolve_dates, resolve_metrics
+from xpkit.stats.group_sequential import inflation_factor
 
 
 def power_plan(
@@ -61,6 +65,18 @@ def power_plan(
     # as_of - window end: that span is the enrolment rate's denominator.
     last_complete = dates.as_of - timedelta(days=experiment.window[1])
     enrolment_days = max((last_complete - dates.first_assignment).days + 1, 1)
+    # Plan for the configured stopping rule: the group-sequential design's maximum sample
+    # (its inflation over the fixed horizon, at the rule's alpha / m) is what it needs.
+    alpha, rule, inflation = experiment.alpha, experiment.stopping_rule.replace("_", " "), 1.0
+    if experiment.stopping_rule == "group_sequential":
+        looks = experiment.max_days or DEFAULT_PLANNED_LOOKS
+        alpha = experiment.alpha / family_size(experiment)
+        inflation = inflation_factor(
+            np.arange(1, looks + 1) / looks, alpha, power, experiment.spending
+        )
+        rule = f"group-sequential ({experiment.spending.replace('_', '-')}, {looks} looks)"
+    elif experiment.stopping_rule == "always_valid":
+        rule = "always valid (planned as fixed horizon: the mSPRT needs more units than this)"
     return plan(
         metric_name,
         query.layout.metrics[metric_name],
@@ -70,6 +86,8 @@ def power_plan(
         + [experiment.weights[v] for v in experiment.treatments],
         units_per_day=pooled.n / enrolment_days,
         mde_relative=mde_relative,
-        alpha=experiment.alpha,
+        alpha=alpha,
         power=power,
+        rule=rule,
+        inflation=inflation,
     )

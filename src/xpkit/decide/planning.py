@@ -41,6 +41,9 @@ class PowerPlan:
     days: int
     units_total_without_cuped: int
     mde_at_days: dict[int, float]
+    rule: str = "fixed horizon"  # the stopping rule planned for, and its inflation
+    inflation: float = 1.0
+    units_total_fixed: int | None = None  # before the sequential inflation
 
 
 def variance_reduction(control: Moments, layout: MetricLayout) -> float:
@@ -69,7 +72,11 @@ def plan(
     alpha: float,
     power: float,
     horizons: tuple[int, ...] = (7, 14, 28),
+    rule: str = "fixed horizon",
+    inflation: float = 1.0,
 ) -> PowerPlan:
+    """A plan for ``metric``; a sequential ``rule`` multiplies the fixed-horizon units by its
+    ``inflation`` factor (the maximum sample of the group-sequential design)."""
     if layout.kind == "ratio":
         raise BadInputError(
             f"metric {metric!r}: power planning supports mean and proportion metrics; for a "
@@ -115,12 +122,14 @@ def plan(
         mde_relative=mde_relative,
         alpha=alpha,
         power=power,
-        units_total=with_cuped.n_total,
-        units_per_arm=with_cuped.n_per_arm,
-        days=days_needed(units_per_day, with_cuped.n_total),
-        units_total_without_cuped=without.n_total,
+        units_total=math.ceil(with_cuped.n_total * inflation),
+        units_per_arm=tuple(math.ceil(n * inflation) for n in with_cuped.n_per_arm),
+        days=days_needed(units_per_day, math.ceil(with_cuped.n_total * inflation)),
+        units_total_without_cuped=math.ceil(without.n_total * inflation),
+        # The design's detectable effect grows as the square root of its inflation.
         mde_at_days={
-            d: minimum_detectable_effect(
+            d: math.sqrt(inflation)
+            * minimum_detectable_effect(
                 units_per_day * d,
                 variance,
                 power=power,
@@ -132,6 +141,9 @@ def plan(
             )
             for d in horizons
         },
+        rule=rule,
+        inflation=inflation,
+        units_total_fixed=with_cuped.n_total,
     )
 
 

@@ -183,6 +183,13 @@ def render_plan(p: PowerPlan) -> str:
         f"  to detect {p.mde_relative:+.2%}:  {p.units_total} units "
         f"({'/'.join(map(str, p.units_per_arm))} per arm), {p.days} days "
         f"(without CUPED: {p.units_total_without_cuped} units)",
+        f"  stopping rule       {p.rule}"
+        + (
+            f": x{p.inflation:.3f} the fixed-horizon {p.units_total_fixed} units, alpha "
+            f"{p.alpha:.3g} per hypothesis"
+            if p.inflation != 1.0
+            else ""
+        ),
     ]
     for d, mde in p.mde_at_days.items():
         lines.append(f"  MDE after {d:>3} days   {mde:.2%}")
