@@ -460,6 +460,7 @@ def run_experiment(
     higher = {name: info.higher_is_better for name, info in infos.items()}
     av_p = family_always_valid_p(experiment, always_valid)
     plan = _sequential_plan(experiment, infos, moments) if moments is not None else None
+    ended = calendar_end(experiment, days, dates.as_of if dates else None)
     verdicts = {
         variant: stopping_verdict(
             experiment,
@@ -469,6 +470,7 @@ def run_experiment(
             past_fractions=past_fractions,
             family_size=family_size(experiment),
             plan=plan,
+            final=ended is not None,
         )
         for variant in experiment.treatments
     }
@@ -480,7 +482,7 @@ def run_experiment(
         days_observed=days,
         min_units_observed=smallest,
         stopping=verdicts,
-        ended=calendar_end(experiment, days, dates.as_of if dates else None),
+        ended=ended,
     )
     provenance = Provenance(
         computed_at=computed_at,

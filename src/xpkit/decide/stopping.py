@@ -66,11 +66,13 @@ def stopping_verdict(
     past_fractions: Sequence[float] = (),
     family_size: int = 1,
     plan: SequentialPlan | None = None,
+    final: bool = False,
 ) -> StopVerdict:
     """The verdict for one treatment variant; ``family_size`` is the number of hypotheses
     (primary and secondary metrics x treatment variants) the error rate is controlled over
     (1 when no correction is configured). ``plan`` is the pre-period plan the
-    group-sequential rule aims at when ``planned_units`` is not configured."""
+    group-sequential rule aims at when ``planned_units`` is not configured; ``final`` marks
+    the planned last look (duration reached, end date passed): it spends what is left."""
     rule = experiment.stopping_rule
     alpha = experiment.alpha
     planned_note = ""
@@ -111,7 +113,9 @@ def stopping_verdict(
         e = look.effect
         z = e.abs_effect / e.abs_se if e.abs_se and e.abs_se > 0 else 0.0
         verdicts.append(
-            check_look(past, fraction, z, alpha / max(family_size, 1), experiment.spending)
+            check_look(
+                past, fraction, z, alpha / max(family_size, 1), experiment.spending, final=final
+            )
         )
     bound = verdicts[0].z_bound
     head = (
