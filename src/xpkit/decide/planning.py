@@ -22,7 +22,12 @@ from xpkit.errors import BadInputError
 from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
 from xpkit.stats.group_sequential import SpendingShape, inflation_factor
-from xpkit.stats.power import days_needed, minimum_detectable_effect, required_sample_size
+from xpkit.stats.power import (
+    SampleSize,
+    days_needed,
+    minimum_detectable_effect,
+    required_sample_size,
+)
 
 
 @dataclass(frozen=True)
@@ -93,25 +98,20 @@ def plan(
             f"metric {metric!r}: no variance or a zero baseline in the data; cannot plan"
         )
     reduction = variance_reduction(control, layout)
-    with_cuped = required_sample_size(
-        mde_relative,
-        variance,
-        power=power,
-        variance_reduction=reduction,
-        relative=True,
-        baseline_mean=baseline,
-        alpha=alpha,
-        allocation=weights,
-    )
-    without = required_sample_size(
-        mde_relative,
-        variance,
-        power=power,
-        relative=True,
-        baseline_mean=baseline,
-        alpha=alpha,
-        allocation=weights,
-    )
+
+    def sized(variance_reduction: float) -> SampleSize:
+        return required_sample_size(
+            mde_relative,
+            variance,
+            power=power,
+            variance_reduction=variance_reduction,
+            relative=True,
+            baseline_mean=baseline,
+            alpha=alpha,
+            allocation=weights,
+        )
+
+    with_cuped, without = sized(reduction), sized(0.0)
     return PowerPlan(
         metric=metric,
         variance=variance,
