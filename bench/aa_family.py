@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from xpkit.stats.group_sequential import spending_boundaries
 from xpkit.stats.multiple import e_bh
 from xpkit.stats.power import minimum_detectable_effect
 from xpkit.stats.sequential import msprt, tau_from_variance
@@ -98,8 +99,14 @@ def rules(est: np.ndarray, se: np.ndarray, taus: np.ndarray, alpha: float) -> di
         for d in range(days):
             ebh[i, :, d] = e_bh(e[i, :, d], alpha)
             ebh_max[i, :, d] = e_bh(1 / p[i, :, d], alpha)
+    # xpkit's default rule: O'Brien-Fleming spending at alpha / m per hypothesis over the
+    # daily looks (information fraction = day / days; the last day is the final look).
+    bounds = spending_boundaries(np.arange(1, days + 1) / days, alpha / m, "obrien_fleming").z
+    crossed = np.abs(est / se).reshape(sims, m, days) >= bounds
+    gst = np.logical_or.accumulate(crossed, axis=2)
     return {
         "(i) always-valid p <= alpha, each": p <= alpha,
+        "(v) group-sequential OBF, alpha/9": gst,
         "(ii) e-BH on current LR, each look": ebh,
         "(iii) Bonferroni p <= alpha/9": p <= alpha / m,
         "(iv) e-BH on running max (invalid)": ebh_max,
