@@ -238,9 +238,13 @@ def test_spill_files_do_not_land_in_the_working_directory(
     from xpkit.engines.duckdb import DuckDBEngine
 
     monkeypatch.chdir(tmp_path)
-    engine = DuckDBEngine({})
+    engine = DuckDBEngine({}, memory_limit="60MB", threads=1)
     spill = engine._spill()
-    assert Path(spill).is_dir() and not Path(spill).is_relative_to(tmp_path)
+    assert not Path(spill).is_relative_to(tmp_path)
+    assert not Path(spill).exists()  # created only when a statement spills
+    sort = "SELECT i, md5(i::VARCHAR) AS m FROM range(3000000) t(i) ORDER BY m"
+    engine.con.execute(sort).fetchone()  # a sort larger than the memory limit spills
+    assert Path(spill).is_dir()
     engine.close()
     assert not Path(spill).exists()
     assert not (tmp_path / ".tmp").exists()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
+import uuid
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,7 +51,14 @@ class DuckDBEngine:
                 f"tables' files under [tables]"
             ) from None
         # Spill files go to a private folder removed at close, not the working directory.
-        self._own_temp = None if temp_directory else tempfile.mkdtemp(prefix="xpkit-spill-")
+        # Not created here: DuckDB makes the folder on its first spill, so runs that fit
+        # in memory leave nothing behind; the finalizer removes it even if close() is not
+        # called.
+        self._own_temp: str | None = None
+        if not temp_directory:
+            own = Path(tempfile.gettempdir()) / f"xpkit-spill-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._own_temp = str(own)
+            weakref.finalize(self, shutil.rmtree, self._own_temp, True)
         try:
             # Scheduled runs write logs: no carriage-return progress bar in them.
             self.con.execute("SET enable_progress_bar = false")
