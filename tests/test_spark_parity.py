@@ -7,10 +7,7 @@ skipped locally; in CI (``CI=true``) that is a failure, because CI is where they
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import shutil
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
@@ -63,43 +60,6 @@ class FixedCapSessions(Metric):
 
 
 TINY_METRICS = [*METRICS, PooledCapSessions, FixedCapSessions]
-
-
-def _spark_missing() -> str | None:
-    if importlib.util.find_spec("pyspark") is None:
-        return "PySpark is not installed (pip install 'xpkit[spark]')"
-    java_home = os.environ.get("JAVA_HOME")
-    if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
-        return "no Java runtime for a local Spark session"
-    return None
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    reason = _spark_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the Spark parity tests", pytrace=False)
-        pytest.skip(reason)
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("xpkit-tests")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        # The test tables are small: compiling whole-stage Java for the wide aggregates of
-        # the moments statement costs more than running them (about 40% of the runtime).
-        .config("spark.sql.codegen.wholeStage", "false")
-        # Loopback only: the tests neither need nor look up the machine's network name.
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 # --------------------------------------------------------------------------------------
