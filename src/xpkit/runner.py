@@ -366,6 +366,7 @@ def run_experiment(
     allow_invalid: bool = False,
     history: bool = False,
     past_fractions: Sequence[float] = (),
+    schema_checked: bool = False,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -374,12 +375,12 @@ def run_experiment(
     scorecard's always-valid columns come from it whatever the stopping rule (and the
     always-valid rule decides on them). ``past_fractions`` are the
     information fractions of this experiment's earlier recorded runs (group-sequential).
+    ``schema_checked`` skips the column check a caller has already made.
     """
     experiment = config.experiment(experiment_id)
-    keep_history = history
-    history = True  # ITT only unless it is kept (see below)
     metrics = resolve_metrics(config, registry, experiment_id)
-    check_schema(config, metrics, engine)
+    if not schema_checked:
+        check_schema(config, metrics, engine)
     computed_at = datetime.now(UTC)
     run_date = run_date or computed_at.date()
     assignments = config.run.assignments
@@ -434,11 +435,10 @@ def run_experiment(
         sql = query.sql
         moments = read_moments(cells, query.layout)
         check_proportions(metrics, moments, query.layout.metrics)
-        if history:
-            # The scorecard's always-valid columns are ITT's: a history that is not written
-            # out is built for ITT only.
-            populations = query.layout.populations if keep_history else ("itt",)
-            by_date = read_history(cells, query.layout, populations)
+        # The scorecard's always-valid columns are ITT's: a history that is not written
+        # out is built for ITT only.
+        populations = query.layout.populations if history else ("itt",)
+        by_date = read_history(cells, query.layout, populations)
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
@@ -446,11 +446,10 @@ def run_experiment(
             for m in metrics
         }
         results = analyse(experiment, infos, moments)
+        series = build_history(experiment, infos, by_date)
+        always_valid = last_looks(series, "itt")
         if history:
-            series = build_history(experiment, infos, by_date)
-            always_valid = last_looks(series, "itt")
-            if keep_history:
-                history_table = build_history_table(experiment.id, run_date, series)
+            history_table = build_history_table(experiment.id, run_date, series)
         checks += sample_checks(experiment, moments.variants("itt"))
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
     n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
@@ -627,6 +626,7 @@ def run_all(
                 allow_invalid=allow_invalid,
                 history=history,
                 past_fractions=recorded_fractions(out_dir, experiment_id, filed),
+                schema_checked=True,
             )
             runs.append(write_run(run, out_dir))
             if on_published is not None:
