@@ -111,16 +111,19 @@ WITH xp_assigned_rows AS (
 ), xp_shift AS (
   /* Per-column constants near the mean of the analysed units: sums are taken of */
   /* (x - shift) so that sums of squares keep their precision when a metric's mean is large */
-  /* against its spread. */
+  /* against its spread. The shift is a whole number: for integer-valued columns every */
+  /* deviation, product and partial sum below is then an exact integer in float64 (below */
+  /* 2**53), so the sums do not depend on the order parallel threads add them in and */
+  /* identical inputs give bit-identical results. */
   SELECT
-    COALESCE(AVG(watch__value), 0) AS watch__value,
-    COALESCE(AVG(watch__pre), 0) AS watch__pre,
-    COALESCE(AVG(daily__has_history), 0) AS daily__has_history,
-    COALESCE(AVG(exposed), 0) AS exposed,
-    COALESCE(AVG(any_watch__value), 0) AS any_watch__value,
-    COALESCE(AVG(watch_per_session__denominator), 0) AS watch_per_session__denominator,
-    COALESCE(AVG(tv_watch__value), 0) AS tv_watch__value,
-    COALESCE(AVG(capped_watch__value), 0) AS capped_watch__value
+    COALESCE(ROUND(AVG(watch__value)), 0) AS watch__value,
+    COALESCE(ROUND(AVG(watch__pre)), 0) AS watch__pre,
+    COALESCE(ROUND(AVG(daily__has_history)), 0) AS daily__has_history,
+    COALESCE(ROUND(AVG(exposed)), 0) AS exposed,
+    COALESCE(ROUND(AVG(any_watch__value)), 0) AS any_watch__value,
+    COALESCE(ROUND(AVG(watch_per_session__denominator)), 0) AS watch_per_session__denominator,
+    COALESCE(ROUND(AVG(tv_watch__value)), 0) AS tv_watch__value,
+    COALESCE(ROUND(AVG(capped_watch__value)), 0) AS capped_watch__value
   FROM xp_unit_values
 )
 SELECT
