@@ -270,9 +270,17 @@ def test_sample_scorecards_match(
     engines: Sequence[Engine],
 ) -> None:
     config, registry = sample
+    # Slices (a one-way and a two-way breakdown, top values and "(other)") on one experiment.
+    slices = ["device", "device*country"] if experiment_id == "homepage_ranking_v2" else None
     runs = [
         run_experiment(
-            config, registry, experiment_id, engine, run_date=date(2024, 4, 5), history=True
+            config,
+            registry,
+            experiment_id,
+            engine,
+            run_date=date(2024, 4, 5),
+            history=True,
+            slices=slices,
         )
         for engine in engines
     ]

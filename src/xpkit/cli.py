@@ -18,7 +18,13 @@ import click
 
 from xpkit import __version__
 from xpkit.compile import DIALECTS
-from xpkit.config import LoadedConfig, check_memory_limit, check_threads, load_config
+from xpkit.config import (
+    LoadedConfig,
+    check_memory_limit,
+    check_threads,
+    load_config,
+    parse_slices,
+)
 from xpkit.define.registry import MetricRegistry, load_metrics
 from xpkit.engines import Engine
 from xpkit.errors import (
@@ -212,6 +218,14 @@ def main() -> None:
     default=None,
     help="SQL dialect to print (default: the engine's, duckdb or spark).",
 )
+@click.option(
+    "--slice",
+    "slices",
+    default=None,
+    callback=_check_option(parse_slices),
+    help="Slices to break down by, replacing the configured ones (device,country or "
+    "device*country).",
+)
 @_engine_option
 @_config_option
 @_metrics_dir_option
@@ -222,6 +236,7 @@ def sql_command(
     metrics: tuple[str, ...],
     experiment_id: str,
     dialect: str | None,
+    slices: list[str] | None,
     engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
@@ -251,6 +266,7 @@ def sql_command(
             dialect=dialect,
             as_of=as_of.date() if as_of else None,
             metric_names=list(metrics) or None,
+            slices=slices,
         )
     finally:
         engine.close()
@@ -285,6 +301,15 @@ def sql_command(
 )
 @click.option("--quiet", is_flag=True, help="Print only the files written.")
 @click.option(
+    "--slice",
+    "slices",
+    default=None,
+    callback=_check_option(parse_slices),
+    help="Break every effect down by these assignment-time columns, for one --experiment "
+    "(replacing its configured slices): device,country, or device*country for a two-way "
+    "breakdown.",
+)
+@click.option(
     "--history",
     is_flag=True,
     help="Also write the daily history (effects as of each day, always-valid p-values and intervals) to the history tables.",
@@ -303,6 +328,7 @@ def run_command(
     temp_directory: Path | None,
     run_date: Any,
     quiet: bool,
+    slices: list[str] | None,
     history: bool,
     metrics_dir: str | None,
     as_of: Any,
@@ -320,6 +346,11 @@ def run_command(
     ids = list(experiment_ids) or [e.id for e in config.run.experiment]
     for experiment_id in ids:
         config.experiment(experiment_id)  # unknown ids fail before any work
+    if slices is not None and len(ids) != 1:
+        raise click.UsageError(
+            "--slice computes slices on demand for one experiment: add --experiment ID "
+            "(slices for every run of an experiment go in its config: slices = [...])"
+        )
     _check_out(out_dir, config)
 
     def published(run: ExperimentRun) -> None:
@@ -341,6 +372,7 @@ def run_command(
         allow_invalid=allow_invalid,
         history=history,
         on_published=published,
+        slices=slices,
     )
     invalid = [r.experiment_id for r in runs if not r.valid]
     if invalid:

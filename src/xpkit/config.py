@@ -128,6 +128,65 @@ class ExposureLog(_Strict):
     timestamp: Identifier = "exposure_timestamp"
 
 
+class UnitAttributes(_Strict):
+    """A table of unit attributes that slices may use besides the assignment table's columns.
+
+    One row per unit, or, with ``time``, rows valid from that time on: a unit's attribute is
+    its row's as of its first assignment (the latest row at or before it), so what the
+    treatment changes later cannot move a unit between slices.
+    """
+
+    table: TableName = "unit_attributes"
+    unit: Identifier = "member_id"
+    time: Identifier | None = None
+
+
+# A slice is one dimension (``device``) or a two-way breakdown (``device*country``).
+SliceSpec = Annotated[
+    StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\*[A-Za-z_][A-Za-z0-9_]*)?$")
+]
+# What a slice value becomes when it is NULL, or outside a dimension's top values.
+MISSING_SLICE = "(missing)"
+OTHER_SLICE = "(other)"
+ALL_SLICES = "(all)"
+
+
+def slice_dimensions(spec: str) -> tuple[str, ...]:
+    """``"device*country"`` -> ``("device", "country")``; ``"device"`` -> ``("device",)``."""
+    return tuple(spec.split("*"))
+
+
+_SLICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\*[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def parse_slices(text: str) -> list[str]:
+    """``--slice device,country`` or ``device*country`` -> the slices, checked."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError("name at least one column, e.g. --slice device,country")
+    bad = [v for v in values if not _SLICE.match(v)]
+    if bad:
+        raise ValueError(
+            f"{bad[0]!r} is not a slice: give column names separated by commas "
+            f"(device,country), or two joined by * for a two-way breakdown (device*country)"
+        )
+    return check_slices(values)
+
+
+def check_slices(values: list[str]) -> list[str]:
+    """Slices are listed once each, and a two-way breakdown names two different columns."""
+    seen: set[tuple[str, ...]] = set()
+    for value in values:
+        dims = slice_dimensions(value)
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"slice {value!r} names the same column twice")
+        key = tuple(sorted(dims))
+        if key in seen:
+            raise ValueError(f"slice {value!r} is listed more than once")
+        seen.add(key)
+    return values
+
+
 class GuardrailConfig(_Strict):
     """A metric that must not get worse by more than ``margin`` (non-inferiority)."""
 
@@ -176,6 +235,10 @@ class ExperimentConfig(_Strict):
     planned_units: StrictInt | None = Field(default=None, ge=2)
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
     max_days: StrictInt | None = Field(default=None, ge=1)
+    # Breakdowns by attributes fixed at assignment (columns of the assignment table or of
+    # [unit_attributes]); values beyond the top slice_top_k by units are "(other)".
+    slices: Annotated[list[SliceSpec], AfterValidator(check_slices)] = []
+    slice_top_k: StrictInt = Field(default=20, ge=1, le=1000)
 
     @field_validator("weights")
     @classmethod
@@ -284,6 +347,7 @@ class RunConfig(_Strict):
     temp_directory: StrictStr | None = None
     assignments: AssignmentColumns = AssignmentColumns()
     exposures: ExposureLog | None = None
+    unit_attributes: UnitAttributes | None = None
     experiment: list[ExperimentConfig] = Field(min_length=1)
 
     @field_validator("timezone")

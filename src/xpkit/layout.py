@@ -9,12 +9,13 @@ share, so it imports nothing of xpkit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SHIFT_PREFIX = "shift__"
 SUM_PREFIX = "sum__"
 PRODUCT_PREFIX = "prod__"
 ROWS_PREFIX = "rows_read__"
+SLICE_PREFIX = "xp_slice__"
 EXPOSURE_COLUMN = "exposed"
 
 
@@ -58,6 +59,10 @@ class MomentsLayout:
     row_counts: dict[str, str]  # output column -> source table
     populations: tuple[str, ...]  # "itt", and "tot" when exposure is configured
     window_end: int  # last day of the window: a cell's analysis date is assignment + this
+    # Breakdowns the statement returns besides the overall cells: one dimension or two each,
+    # and each dimension's output column (NULL in the cells of the other breakdowns).
+    slices: tuple[tuple[str, ...], ...] = ()
+    slice_columns: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def shift_name(column: str) -> str:

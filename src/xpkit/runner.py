@@ -18,11 +18,13 @@ from xpkit import __version__
 from xpkit.compile import (
     CompiledQuery,
     ExperimentDates,
+    SliceRequest,
     check_columns,
     compile_bounds,
     compile_exposure_health,
     compile_moments,
     compile_rows_after,
+    slice_sources,
 )
 from xpkit.compile.statements import (
     PROBE_TIME,
@@ -31,7 +33,7 @@ from xpkit.compile.statements import (
     compile_date_check,
     compile_probe,
 )
-from xpkit.config import ExperimentConfig, LoadedConfig
+from xpkit.config import ExperimentConfig, LoadedConfig, UnitAttributes, slice_dimensions
 from xpkit.decide.analysis import MetricInfo, analyse
 from xpkit.decide.decision import decide
 from xpkit.decide.health import (
@@ -43,6 +45,7 @@ from xpkit.decide.health import (
 )
 from xpkit.decide.history import AlwaysValid, build_history, last_looks
 from xpkit.decide.planning import DEFAULT_PLANNED_LOOKS, SequentialPlan, plan_from_pre_period
+from xpkit.decide.slices import SliceResult, analyse_slices, slice_checks
 from xpkit.decide.stopping import (
     calendar_end,
     family_always_valid_p,
@@ -75,6 +78,7 @@ from xpkit.readout import (
     read_cells,
     read_history,
     read_moments,
+    read_slice_cells,
 )
 from xpkit.stats.means import _check_binary
 
@@ -188,6 +192,7 @@ def compile_experiment(
     dialect: str | None = None,
     as_of: date | None = None,
     metric_names: Sequence[str] | None = None,
+    slices: Sequence[str] | None = None,
 ) -> CompiledQuery:
     """The moments statement for an experiment, checked against the real schema."""
     metrics = resolve_metrics(config, registry, experiment_id, metric_names)
@@ -198,13 +203,68 @@ def compile_experiment(
             f"experiment {experiment_id!r}: no rows in the assignment table "
             f"{config.run.assignments.table!r}; check the experiment id"
         )
+    experiment = config.experiment(experiment_id)
     return compile_moments(
-        config.experiment(experiment_id),
+        experiment,
         metrics,
         config.run.assignments,
         bounds.dates,
         dialect=dialect or engine.dialect,
+        slices=slice_request(config, experiment, metrics, engine, slices),
     )
+
+
+def slice_request(
+    config: LoadedConfig,
+    experiment: ExperimentConfig,
+    metrics: Sequence[type[Metric]],
+    engine: Engine,
+    slices: Sequence[str] | None = None,
+) -> SliceRequest | None:
+    """The experiment's slices (``slices`` overrides the config's), checked against the
+    tables: each dimension must be an attribute fixed at assignment."""
+    specs = list(experiment.slices if slices is None else slices)
+    if not specs:
+        return None
+    attributes = config.run.unit_attributes
+    tables = {config.run.assignments.table} | {m.source.table for m in metrics}
+    if attributes is not None:
+        tables.add(attributes.table)
+    schemas = {t: cols for t in tables if (cols := engine.columns(t)) is not None}
+    request = SliceRequest(
+        specs=tuple(dict.fromkeys(slice_dimensions(s) for s in specs)),
+        top_k=experiment.slice_top_k,
+        attributes=attributes,
+    )
+    try:
+        if attributes is not None:
+            check_attribute_table(attributes, schemas)
+        from_attributes = slice_sources(
+            request.dimensions,
+            config.run.assignments,
+            attributes,
+            schemas,
+            sorted({m.source.table for m in metrics}),
+        )
+    except DataError as err:
+        raise DataError(f"{config.path}: experiment {experiment.id!r}: {err}") from None
+    return replace(request, from_attributes=from_attributes)
+
+
+def check_attribute_table(attributes: UnitAttributes, schemas: Mapping[str, Sequence[str]]) -> None:
+    columns = schemas.get(attributes.table)
+    if columns is None:
+        raise DataError(
+            f"[unit_attributes]: table {attributes.table!r} is not configured or does not "
+            f"exist; add it to [tables]"
+        )
+    wanted = [attributes.unit] + ([attributes.time] if attributes.time else [])
+    missing = [c for c in wanted if c.lower() not in {x.lower() for x in columns}]
+    if missing:
+        raise DataError(
+            f"[unit_attributes]: column(s) {missing} do not exist in table "
+            f"{attributes.table!r} (columns: {', '.join(columns)})"
+        )
 
 
 def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: Engine) -> None:
@@ -367,6 +427,7 @@ def run_experiment(
     history: bool = False,
     past_fractions: Sequence[float] = (),
     schema_checked: bool = False,
+    slices: Sequence[str] | None = None,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -375,12 +436,14 @@ def run_experiment(
     scorecard's always-valid columns come from it whatever the stopping rule (and the
     always-valid rule decides on them). ``past_fractions`` are the
     information fractions of this experiment's earlier recorded runs (group-sequential).
-    ``schema_checked`` skips the column check a caller has already made.
+    ``schema_checked`` skips the column check a caller has already made. ``slices``
+    replaces the experiment's configured slices (``["device", "device*country"]``).
     """
     experiment = config.experiment(experiment_id)
     metrics = resolve_metrics(config, registry, experiment_id)
     if not schema_checked:
         check_schema(config, metrics, engine)
+    sliced = slice_request(config, experiment, metrics, engine, slices)
     computed_at = datetime.now(UTC)
     run_date = run_date or computed_at.date()
     assignments = config.run.assignments
@@ -391,14 +454,18 @@ def run_experiment(
     # (per cell; see readout); without any assignment there is nothing to read.
     query = None
     cells = None
+    slice_cells = {}
     if dates is not None:
-        query = compile_moments(experiment, metrics, assignments, dates, dialect=engine.dialect)
+        query = compile_moments(
+            experiment, metrics, assignments, dates, dialect=engine.dialect, slices=sliced
+        )
         assert query.layout is not None
         try:
             result = engine.query(query.sql)
         except EngineDataError as err:
             raise _failing_metric(config, experiment_id, metrics, dates, engine, err) from None
         cells = read_cells(result, query.layout)
+        slice_cells = read_slice_cells(result, query.layout)
     summary = assignment_counts(cells) if cells is not None else []
     checks = run_checks(
         experiment,
@@ -427,6 +494,7 @@ def run_experiment(
     results = []
     history_table = None
     moments: MomentsTable | None = None
+    slice_results: list[SliceResult] = []
     always_valid: dict[tuple[str, str], AlwaysValid] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
@@ -451,6 +519,10 @@ def run_experiment(
         if history:
             history_table = build_history_table(experiment.id, run_date, series)
         checks += sample_checks(experiment, moments.variants("itt"))
+        if slice_cells:
+            per_slice = slice_checks(experiment, slice_cells)
+            checks += per_slice
+            slice_results = analyse_slices(experiment, infos, slice_cells, query.layout, per_slice)
     days = (dates.as_of - dates.first_assignment).days + 1 if dates else 0
     n_by_variant = {r.variant: r.effect.n_treatment for r in results if r.population == "itt"}
     n_control = next((r.effect.n_control for r in results if r.population == "itt"), 0)
@@ -503,6 +575,7 @@ def run_experiment(
         allow_invalid=allow_invalid,
         always_valid=always_valid,
         verdicts=verdicts,
+        slices=slice_results,
     )
     return ExperimentRun(
         experiment_id=experiment.id,
@@ -602,17 +675,21 @@ def run_all(
     allow_invalid: bool = False,
     history: bool = False,
     on_published: Callable[[ExperimentRun], None] | None = None,
+    slices: Sequence[str] | None = None,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
 
     Every experiment's metrics and columns are checked before the first one runs, so a
     mistake in the third experiment of a config stops the job before anything is written.
-    ``on_published`` is called with each run as soon as it is on disk.
+    ``on_published`` is called with each run as soon as it is on disk. ``slices``
+    replaces every listed experiment's configured slices.
     """
     engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
         for experiment_id in experiment_ids:
-            check_schema(config, resolve_metrics(config, registry, experiment_id), engine)
+            metrics = resolve_metrics(config, registry, experiment_id)
+            check_schema(config, metrics, engine)
+            slice_request(config, config.experiment(experiment_id), metrics, engine, slices)
         runs = []
         filed = run_date or datetime.now(UTC).date()
         for experiment_id in experiment_ids:
@@ -627,6 +704,7 @@ def run_all(
                 history=history,
                 past_fractions=recorded_fractions(out_dir, experiment_id, filed),
                 schema_checked=True,
+                slices=slices,
             )
             runs.append(write_run(run, out_dir))
             if on_published is not None:

@@ -37,9 +37,9 @@ WITH xp_assigned_rows AS (
     AND NOT variant IS NULL AS analysed
   FROM (
     SELECT
-      *,
-      CAST(assignment_date + INTERVAL '2' DAY AS DATE) <= CAST('2024-01-14' AS DATE) AS window_complete
-    FROM xp_unit_assignments
+      a.*,
+      CAST(a.assignment_date + INTERVAL '2' DAY AS DATE) <= CAST('2024-01-14' AS DATE) AS window_complete
+    FROM xp_unit_assignments AS a
   ) AS w
 ), xp_analysed_units AS (
   /* The fact scans' build side: one row per analysed unit. Rows are placed in the windows */

@@ -6,10 +6,11 @@ Knows SQL and the config, nothing of statistics. Public entry points: the statem
 """
 
 from xpkit.compile.dialects import DIALECTS
-from xpkit.compile.schema import check_columns
+from xpkit.compile.schema import check_columns, slice_sources
 from xpkit.compile.statements import (
     CompiledQuery,
     ExperimentDates,
+    SliceRequest,
     compile_bounds,
     compile_exposure_health,
     compile_moments,
@@ -20,9 +21,11 @@ __all__ = [
     "DIALECTS",
     "CompiledQuery",
     "ExperimentDates",
+    "SliceRequest",
     "check_columns",
     "compile_bounds",
     "compile_exposure_health",
     "compile_moments",
     "compile_rows_after",
+    "slice_sources",
 ]

@@ -24,10 +24,17 @@ from xpkit.compile.dialects import dialect as dialect_rules
 from xpkit.compile.dialects import finish
 from xpkit.compile.sql import date_literal, ident, render, string_literal, table_ref
 from xpkit.compile.templates import render_template
-from xpkit.config import AssignmentColumns, ExperimentConfig, ExposureLog
+from xpkit.config import (
+    MISSING_SLICE,
+    OTHER_SLICE,
+    AssignmentColumns,
+    ExperimentConfig,
+    ExposureLog,
+    UnitAttributes,
+)
 from xpkit.define.metric import Metric, Source
 from xpkit.errors import MetricDefinitionError
-from xpkit.layout import ROWS_PREFIX, SHIFT_PREFIX, SUM_PREFIX, MomentsLayout
+from xpkit.layout import ROWS_PREFIX, SHIFT_PREFIX, SLICE_PREFIX, SUM_PREFIX, MomentsLayout
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,26 @@ class ExperimentDates:
     first_assignment: date
     last_assignment: date
     as_of: date
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """The breakdowns one statement returns besides the overall cells.
+
+    ``specs`` are one dimension or two each (``("device",)``, ``("device", "country")``);
+    a dimension is a column of the assignment table, or of ``attributes`` when named in
+    ``from_attributes``. Values beyond a dimension's ``top_k`` by units become
+    ``"(other)"``, NULL becomes ``"(missing)"``.
+    """
+
+    specs: tuple[tuple[str, ...], ...]
+    top_k: int = 20
+    attributes: UnitAttributes | None = None
+    from_attributes: frozenset[str] = frozenset()
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for spec in self.specs for d in spec))
 
 
 @dataclass(frozen=True)
@@ -74,12 +101,15 @@ def compile_moments(
     dates: ExperimentDates,
     *,
     dialect: str = "duckdb",
+    slices: SliceRequest | None = None,
 ) -> CompiledQuery:
     """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
     A cell is (variant, multi_variant, exposed, assignment date); see the template for the
     columns and :mod:`xpkit.readout` for how cells add up to the assignment health counts,
-    the ITT/TOT populations and the daily history.
+    the ITT/TOT populations and the daily history. With ``slices``, the same statement
+    also returns the cells of every slice value (grouping sets over the same per-unit
+    values), marked by the slice columns the layout names.
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
@@ -149,6 +179,7 @@ def compile_moments(
         ],
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
+        **_slice_context(slices, assignments),
     )
     layout = MomentsLayout(
         metrics=layouts,
@@ -157,6 +188,8 @@ def compile_moments(
         row_counts={ROWS_PREFIX + s.label: s.source.table for s in scans},
         populations=tuple(populations),
         window_end=experiment.window[1],
+        slices=slices.specs if slices else (),
+        slice_columns={d: SLICE_PREFIX + d for d in slices.dimensions} if slices else {},
     )
     return CompiledQuery(
         sql=finish(sql, dialect),
@@ -164,6 +197,42 @@ def compile_moments(
         layout=layout,
         sources=tuple(s.source.table for s in scans),
     )
+
+
+def _slice_context(slices: SliceRequest | None, assignments: AssignmentColumns) -> dict:
+    """Template values for the slice columns: where each dimension is read, its top values,
+    and one grouping set per breakdown (the overall cells are the empty set)."""
+    if slices is None or not slices.specs:
+        return {"dims": [], "grouping_sets": [], "attributes": None}
+    dims = []
+    for i, name in enumerate(slices.dimensions):
+        raw = exp.cast(exp.column(name), "VARCHAR")
+        dims.append(
+            {
+                "raw": ident(f"xp_dim_{i}"),
+                "out": ident(SLICE_PREFIX + name),
+                "top": ident(f"xp_top_{i}"),
+                "from_attributes": name in slices.from_attributes,
+                "sql": render(raw),
+                "attribute_sql": render(exp.cast(exp.column(name, table="t"), "VARCHAR")),
+            }
+        )
+    position = {name: d["out"] for name, d in zip(slices.dimensions, dims, strict=True)}
+    attributes = None
+    if slices.attributes is not None and slices.from_attributes:
+        attributes = {
+            "table": table_ref(slices.attributes.table),
+            "unit": ident(slices.attributes.unit),
+            "time": ident(slices.attributes.time) if slices.attributes.time else None,
+        }
+    return {
+        "dims": dims,
+        "top_k": exp.Literal.number(slices.top_k).sql("duckdb"),
+        "missing": string_literal(MISSING_SLICE),
+        "other": string_literal(OTHER_SLICE),
+        "grouping_sets": [[position[d] for d in spec] for spec in slices.specs],
+        "attributes": attributes,
+    }
 
 
 def _unit_value_columns(

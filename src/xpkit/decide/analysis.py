@@ -115,6 +115,18 @@ def analyse(
     return _guardrails(experiment, metrics, results)
 
 
+def analyse_slice(
+    experiment: ExperimentConfig,
+    metrics: Mapping[str, MetricInfo],
+    moments: MomentsTable,
+) -> list[MetricResult]:
+    """:func:`analyse` for one slice's moments, without the decision family's correction
+    (a slice's p-values are corrected across its dimension's values instead)."""
+    results = estimate_effects(experiment, metrics, moments)
+    results += _complier_effects(experiment, metrics, moments)
+    return _guardrails(experiment, metrics, results)
+
+
 def estimate_effects(
     experiment: ExperimentConfig,
     metrics: Mapping[str, MetricInfo],

@@ -19,6 +19,10 @@ SCORECARD_SCHEMA = pa.schema(
         ("as_of", pa.date32()),
         ("population", pa.string()),
         ("population_note", pa.string()),
+        # "(all)" in both for the experiment's own rows; else the slice's dimension
+        # ("device", or "device*country" for a two-way breakdown) and value ("tv", "tv*BR").
+        ("slice_dimension", pa.string()),
+        ("slice_value", pa.string()),
         ("metric", pa.string()),
         ("metric_kind", pa.string()),
         ("role", pa.string()),
@@ -59,6 +63,18 @@ SCORECARD_SCHEMA = pa.schema(
         ("information_fraction", pa.float64()),
         ("sequential_z_bound", pa.float64()),
         ("srm_p_value", pa.float64()),
+        # Slice rows only: the BH family of p_value_adjusted, the test of equal effects
+        # across the family's slices, the slice against the rest (ITT; BH across every
+        # slice of the metric and variant) and the empirical-Bayes shrunken effect.
+        ("slice_family", pa.string()),
+        ("heterogeneity_p_value", pa.float64()),
+        ("heterogeneity_i2", pa.float64()),
+        ("vs_rest_abs_effect", pa.float64()),
+        ("vs_rest_p_value", pa.float64()),
+        ("vs_rest_p_value_adjusted", pa.float64()),
+        ("shrunk_abs_effect", pa.float64()),
+        ("shrunk_abs_ci_low", pa.float64()),
+        ("shrunk_abs_ci_high", pa.float64()),
         ("valid", pa.bool_()),
         ("invalid_reason", pa.string()),
         ("decision", pa.string()),
@@ -108,7 +124,31 @@ EFFECT_COLUMNS = (
     "always_valid_p_value",
     "always_valid_ci_low",
     "always_valid_ci_high",
+    "heterogeneity_p_value",
+    "heterogeneity_i2",
+    "vs_rest_abs_effect",
+    "vs_rest_p_value",
+    "vs_rest_p_value_adjusted",
+    "shrunk_abs_effect",
+    "shrunk_abs_ci_low",
+    "shrunk_abs_ci_high",
 )
+
+# Columns that scorecards written by earlier versions lack, with the value such a file
+# means (its rows are all the experiment's own); readers add them.
+ADDED_SCORECARD_COLUMNS: dict[str, str | None] = {
+    "slice_dimension": "(all)",
+    "slice_value": "(all)",
+    "slice_family": None,
+    "heterogeneity_p_value": None,
+    "heterogeneity_i2": None,
+    "vs_rest_abs_effect": None,
+    "vs_rest_p_value": None,
+    "vs_rest_p_value_adjusted": None,
+    "shrunk_abs_effect": None,
+    "shrunk_abs_ci_low": None,
+    "shrunk_abs_ci_high": None,
+}
 
 # The history's columns are the scorecard's, under the same names and types, plus the day
 # each row is as of, the mSPRT mixture scale and the series' novelty/primacy verdict.

@@ -12,11 +12,12 @@ from datetime import date, datetime
 
 import pyarrow as pa
 
-from xpkit.config import ExperimentConfig
+from xpkit.config import ALL_SLICES, ExperimentConfig
 from xpkit.decide.analysis import POPULATION_NOTES, MetricInfo, MetricResult
 from xpkit.decide.decision import Decision
 from xpkit.decide.health import Check
 from xpkit.decide.history import AlwaysValid, HistorySeries
+from xpkit.decide.slices import SliceResult
 from xpkit.decide.stopping import StopVerdict
 from xpkit.output.schemas import CHECKS_SCHEMA, EFFECT_COLUMNS, HISTORY_SCHEMA, SCORECARD_SCHEMA
 
@@ -51,15 +52,17 @@ def build_scorecard(
     allow_invalid: bool = False,
     always_valid: Mapping[tuple[str, str], AlwaysValid] | None = None,
     verdicts: Mapping[str, StopVerdict] | None = None,
+    slices: Sequence[SliceResult] = (),
 ) -> pa.Table:
+    """One row per population x metric x treatment variant, then the slices' rows."""
     gates = [c for c in checks if c.gate and not c.passed]
     valid = not gates
     invalid_reason = "; ".join(f"{c.name}: {c.detail}" for c in gates) or None
     srm = next((c.value for c in checks if c.name == "srm_assignment"), None)
     by_variant = {d.variant: d for d in decisions}
     guards = {g.metric: g for g in experiment.guardrails}
-    rows = []
-    for r in results:
+
+    def row_for(r: MetricResult) -> dict:
         e = r.effect
         u = r.unadjusted
         g = r.guardrail
@@ -124,12 +127,49 @@ def build_scorecard(
             "config_sha256": provenance.config_sha256,
             "metric_sha256": provenance.metric_sha256.get(r.metric),
             "rows_read": sorted(provenance.rows_read.items()),
+            "slice_dimension": ALL_SLICES,
+            "slice_value": ALL_SLICES,
         }
-        if not valid and not allow_invalid:
-            # Never lie: an invalid experiment shows no effect, CI or p-value by default.
+        return row
+
+    rows = [row_for(r) for r in results]
+    for s in slices:
+        row = row_for(s.result)
+        row.update(
+            {
+                "slice_dimension": s.key.dimension,
+                "slice_value": s.key.value,
+                "slice_family": s.family,
+                "correction": "bh" if s.result.p_value_adjusted is not None else None,
+                "heterogeneity_p_value": s.heterogeneity_p_value,
+                "heterogeneity_i2": s.heterogeneity_i2,
+                "vs_rest_abs_effect": s.vs_rest_abs_effect,
+                "vs_rest_p_value": s.vs_rest_p_value,
+                "vs_rest_p_value_adjusted": s.vs_rest_p_value_adjusted,
+                "shrunk_abs_effect": s.shrunk_abs_effect,
+                "shrunk_abs_ci_low": s.shrunk_abs_ci_low,
+                "shrunk_abs_ci_high": s.shrunk_abs_ci_high,
+                "srm_p_value": s.srm_p_value,
+                # A slice's sequential monitoring and decision are the experiment's own:
+                # slices never decide.
+                "always_valid_p_value": None,
+                "always_valid_ci_low": None,
+                "always_valid_ci_high": None,
+                "information_fraction": None,
+                "sequential_z_bound": None,
+                "decision": None,
+                "decision_reasons": None,
+            }
+        )
+        if valid and not s.valid:
+            row["valid"] = False
+            row["invalid_reason"] = s.invalid_reason
+        rows.append(row)
+    for row in rows:
+        if not row["valid"] and not allow_invalid:
+            # Never lie: an invalid result shows no effect, CI or p-value by default.
             for col in EFFECT_COLUMNS:
                 row[col] = None
-        rows.append(row)
     return pa.Table.from_pylist(rows, schema=SCORECARD_SCHEMA)
 
 

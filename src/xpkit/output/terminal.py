@@ -10,6 +10,7 @@ import math
 
 import pyarrow as pa
 
+from xpkit.config import ALL_SLICES
 from xpkit.decide.analysis import POPULATION_NOTES
 from xpkit.decide.planning import PowerPlan
 
@@ -45,8 +46,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def _is_overall(row: dict) -> bool:
+    return row.get("slice_dimension", ALL_SLICES) in (ALL_SLICES, None)
+
+
 def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str:
-    rows = scorecard.to_pylist()
+    everything = scorecard.to_pylist()
+    rows = [r for r in everything if _is_overall(r)]
+    sliced = [r for r in everything if not _is_overall(r)]
     if not rows:
         return _render_empty(checks)
     first = rows[0]
@@ -75,9 +82,19 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
         out += [f"  - {reason}" for reason in r["decision_reasons"] or []]
     if checks is not None and checks.num_rows:
         out += ["", "Health checks"]
+        per_slice = [c for c in checks.to_pylist() if c["name"].startswith("srm_slice:")]
         for c in checks.to_pylist():
+            if c in per_slice and c["passed"]:
+                continue
             mark = "PASS" if c["passed"] else ("FAIL" if c["gate"] else "WARN")
             out.append(f"  [{mark}] {c['name']}: {c['detail']}")
+        if per_slice:
+            passed = sum(c["passed"] for c in per_slice)
+            out.append(
+                f"  [{'PASS' if passed == len(per_slice) else 'WARN'}] srm per slice: "
+                f"{passed} of {len(per_slice)} slice values split as configured (a failed "
+                "one invalidates that slice's rows only)"
+            )
     for population in ("itt", "tot", "cace"):
         prow = [r for r in rows if r["population"] == population]
         if not prow:
@@ -120,12 +137,66 @@ def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str
                 ]
             )
         out += ["  " + line for line in _table(header, table)]
+    if sliced:
+        out += _render_slices(sliced)
     out += [
         "",
         f"xpkit {first['xpkit_version']}, sql sha256 {str(first['sql_sha256'])[:12]}, "
         f"config sha256 {str(first['config_sha256'])[:12]}, rows read {_rows_read(first['rows_read'])}",
     ]
     return "\n".join(out)
+
+
+def _render_slices(rows: list[dict]) -> list[str]:
+    """ITT by slice: per dimension, the heterogeneity verdict per metric, then each value."""
+    rows = [r for r in rows if r["population"] == "itt"]
+    out = [
+        "",
+        "Slices (ITT) — for whom? Exploratory: 'p adj' is BH across a dimension's values, "
+        "'vs rest' compares a slice with all other units (BH across every slice); "
+        "slices never change the decision.",
+    ]
+    dimensions = list(dict.fromkeys(r["slice_dimension"] for r in rows))
+    for dimension in dimensions:
+        mine = [r for r in rows if r["slice_dimension"] == dimension]
+        out += ["", f"  by {dimension}"]
+        verdicts = {}
+        for r in mine:
+            key = (r["metric"], r["variant"])
+            if key in verdicts:
+                continue
+            p, i2 = r["heterogeneity_p_value"], r["heterogeneity_i2"]
+            if p is None:
+                verdicts[key] = "no test (fewer than two slices with an estimate)"
+            else:
+                differs = p < r["alpha"]
+                verdicts[key] = (
+                    f"{'EFFECTS DIFFER' if differs else 'no evidence the effect differs'} "
+                    f"(Q test p = {p:.3g}, I² {_num(i2, '{:.0%}')})"
+                )
+        for (metric, variant), verdict in verdicts.items():
+            out.append(f"    {metric} — {variant}: {verdict}")
+        header = ["metric", dimension, "n ctl/var", "rel lift [CI]", "p adj", "vs rest", "shrunk"]
+        table = []
+        for r in mine:
+            flag = "" if r["valid"] else "  << slice SRM"
+            found = r["vs_rest_p_value_adjusted"]
+            table.append(
+                [
+                    r["metric"]
+                    if len({x["variant"] for x in mine}) == 1
+                    else f"{r['metric']} {r['variant']}",
+                    str(r["slice_value"]),
+                    f"{r['n_control']}/{r['n_variant']}",
+                    f"{_pct(r['rel_lift'])} {_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
+                    _num(r["p_value_adjusted"], "{:.3g}"),
+                    _num(found, "{:.3g}")
+                    + (" *" if found is not None and found < r["alpha"] else ""),
+                    _num(r["shrunk_abs_effect"]) + flag,
+                ]
+            )
+        out += ["    " + line for line in _table(header, table)]
+    return out
 
 
 def _render_empty(checks: pa.Table | None) -> str:

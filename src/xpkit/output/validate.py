@@ -13,7 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from xpkit.errors import BadInputError
-from xpkit.output.schemas import CHECKS_SCHEMA, HISTORY_SCHEMA, SCORECARD_SCHEMA
+from xpkit.output.schemas import (
+    ADDED_SCORECARD_COLUMNS,
+    CHECKS_SCHEMA,
+    HISTORY_SCHEMA,
+    SCORECARD_SCHEMA,
+)
 
 # Each kind and the dataset folder `xpkit run` writes it to.
 _KINDS: dict[str, tuple[str, pa.Schema]] = {
@@ -59,6 +64,8 @@ def _kind_of(table: pa.Table) -> str | None:
 def validate_table(table: pa.Table, path: Path, kind: str = "scorecard") -> pa.Table:
     """``table`` (read from ``path``) as an xpkit ``kind`` table, or a BadInputError."""
     file_name, schema = _KINDS[kind]
+    if kind == "scorecard":
+        table = _with_added_columns(table)
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         other = _kind_of(table)
@@ -85,6 +92,22 @@ def validate_table(table: pa.Table, path: Path, kind: str = "scorecard") -> pa.T
             f"rewrite it with `xpkit run` rather than editing the file"
         )
     return table
+
+
+def _with_added_columns(table: pa.Table) -> pa.Table:
+    """A scorecard of an earlier version, with the columns added since and what they mean
+    for it; a table that is not a scorecard at all is left for the checks to name."""
+    if "metric" not in table.column_names or "population" not in table.column_names:
+        return table
+    for name, value in ADDED_SCORECARD_COLUMNS.items():
+        if name not in table.column_names:
+            field = SCORECARD_SCHEMA.field(name)
+            column = pa.array([value] * table.num_rows, field.type)
+            table = table.append_column(field, column)
+    return table.select(
+        [n for n in SCORECARD_SCHEMA.names if n in table.column_names]
+        + [n for n in table.column_names if n not in SCORECARD_SCHEMA.names]
+    )
 
 
 def validate_scorecard(table: pa.Table, path: Path) -> pa.Table:

@@ -7,9 +7,11 @@ knows nothing of SQL text or statistics.
 from xpkit.readout.cells import (
     AssignmentSummary,
     Cells,
+    SliceKey,
     assignment_counts,
     daily_counts,
     read_cells,
+    read_slice_cells,
 )
 from xpkit.readout.populations import MomentsKey, MomentsTable, read_history, read_moments
 
@@ -18,9 +20,11 @@ __all__ = [
     "Cells",
     "MomentsKey",
     "MomentsTable",
+    "SliceKey",
     "assignment_counts",
     "daily_counts",
     "read_cells",
     "read_history",
     "read_moments",
+    "read_slice_cells",
 ]

@@ -10,12 +10,14 @@ analysed ones (:mod:`xpkit.readout.populations`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import SupportsFloat
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from xpkit.errors import DataError
 from xpkit.layout import MomentsLayout
@@ -62,8 +64,78 @@ class Cells:
     def rows_read(self, column: str) -> int:
         return int(self.row_counts[column].sum())
 
+    @staticmethod
+    def concat(parts: Sequence[Cells]) -> Cells:
+        """The cells of several disjoint groups of units as one (a slice's complement is
+        its dimension's other slices); the shift is shared, so the sums still add up."""
+        first = parts[0]
+        return Cells(
+            variant=[v for p in parts for v in p.variant],
+            multi_variant=np.concatenate([p.multi_variant for p in parts]),
+            exposed=np.concatenate([p.exposed for p in parts]),
+            assignment_date=[d for p in parts for d in p.assignment_date],
+            window_complete=np.concatenate([p.window_complete for p in parts]),
+            analysed=np.concatenate([p.analysed for p in parts]),
+            n=np.concatenate([p.n for p in parts]),
+            assignment_rows=np.concatenate([p.assignment_rows for p in parts]),
+            columns=first.columns,
+            shift=first.shift,
+            sums=np.concatenate([p.sums for p in parts]),
+            products=np.concatenate([p.products for p in parts]),
+            row_counts={
+                c: np.concatenate([p.row_counts[c] for p in parts]) for c in first.row_counts
+            },
+        )
+
+
+@dataclass(frozen=True)
+class SliceKey:
+    """One slice: a dimension (``device``, or ``device*country`` for a two-way breakdown)
+    and its value (``tv``, or ``tv*BR``)."""
+
+    dimension: str
+    value: str
+
+
+def _slice_rows(result: pa.Table, layout: MomentsLayout, spec: tuple[str, ...]) -> pa.Array:
+    """Rows of one breakdown's grouping set: its slice columns set, every other one NULL."""
+    mask = pa.array([True] * result.num_rows, pa.bool_())
+    for dim, column in layout.slice_columns.items():
+        present = pc.is_valid(result.column(column))
+        mask = pc.and_(mask, present if dim in spec else pc.invert(present))
+    return mask
+
 
 def read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
+    """The overall cells (the statement's rows outside every slice breakdown)."""
+    if layout.slice_columns:
+        result = result.filter(_slice_rows(result, layout, ()))
+    return _read_cells(result, layout)
+
+
+def read_slice_cells(result: pa.Table, layout: MomentsLayout) -> dict[SliceKey, Cells]:
+    """The cells of every slice, by breakdown then value (values in sorted order).
+
+    Each slice's cells have the overall cells' shape, so everything that reads those
+    (assignment counts, populations) reads a slice the same way; the slices of one
+    dimension add up to the overall cells.
+    """
+    out: dict[SliceKey, Cells] = {}
+    for spec in layout.slices:
+        rows = result.filter(_slice_rows(result, layout, spec))
+        columns = [layout.slice_columns[d] for d in spec]
+        labels = [
+            "*".join(str(v) for v in values)
+            for values in zip(*(rows.column(c).to_pylist() for c in columns), strict=True)
+        ]
+        dimension = "*".join(spec)
+        for label in sorted(set(labels)):
+            keep = pa.array([x == label for x in labels], pa.bool_())
+            out[SliceKey(dimension, label)] = _read_cells(rows.filter(keep), layout)
+    return out
+
+
+def _read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
     """Read every column once; later steps only add rows of these arrays.
 
     Each cell's moments are formed over all the per-unit columns at once and sliced per
