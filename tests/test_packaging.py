@@ -52,6 +52,7 @@ def test_wheel_installs_every_module_and_template(tmp_path: Path) -> None:
             "xpkit-demo",
             "out",
             "spark-warehouse",
+            "test-artifacts",
         ),  # fmt: skip
     )
     wheels = tmp_path / "wheels"
@@ -111,6 +112,9 @@ def test_wheel_installs_every_module_and_template(tmp_path: Path) -> None:
         "from xpkit.compile.templates import render_template\n"
         "assert 'WITH' in importlib.resources.files('xpkit.sql_templates')"
         ".joinpath('moments.sql.j2').read_text()\n"
+        "from xpkit.output.report import TEMPLATE\n"
+        "assert '<!doctype html>' in importlib.resources.files('xpkit.output')"
+        ".joinpath(TEMPLATE).read_text()\n"
         "print('ok', len(sys.argv) - 1)\n"
     )
     script = script.replace("import importlib, sys", "import importlib, importlib.resources, sys")

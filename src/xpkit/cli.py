@@ -503,6 +503,41 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
     return EXIT_OK
 
 
+@main.command("report")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--experiment", "experiment_id", default=None, help="Only this experiment id.")
+@click.option(
+    "--run-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="The runs filed under this date (default: each experiment's newest).",
+)
+@click.option(
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write.",
+)
+@_guard
+def report_command(out_dir: Path, experiment_id: str | None, run_date: Any, out_file: Path) -> int:
+    """Write one self-contained HTML report of the committed runs under DIR.
+
+    Decisions, health checks, a forest plot of the lifts, the effect over time and the
+    provenance of each experiment's newest run (or --experiment, --run-date). It reads
+    only the published files and works offline.
+
+    \b
+    Example:
+      xpkit report results/ --out report.html
+    """
+    from xpkit.output.report import write_report
+
+    day = run_date.date() if run_date else None
+    click.echo(f"wrote {write_report(out_dir, out_file, experiment_id, day)}")
+    return EXIT_OK
+
+
 @main.command("sample-data")
 @click.option("--members", type=int, default=40_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

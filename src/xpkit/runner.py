@@ -562,6 +562,7 @@ def run_experiment(
         config_sha256=config.sha256,
         metric_sha256={m.name: m.definition_sha256() for m in metrics},
         rows_read=rows_read,
+        sql=sql,
     )
     scorecard = build_scorecard(
         experiment,

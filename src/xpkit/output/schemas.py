@@ -11,6 +11,10 @@ import pyarrow as pa
 
 RUN_ID_FIELD = pa.field("run_id", pa.string())
 
+# The scorecard file's key-value metadata holds the run's SQL statement under this key
+# (its SHA-256 is the ``sql_sha256`` column), so a report shows the exact SQL of a run.
+SQL_METADATA_KEY = b"xpkit.sql"
+
 SCORECARD_SCHEMA = pa.schema(
     [
         ("experiment_id", pa.string()),

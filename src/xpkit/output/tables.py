@@ -19,7 +19,13 @@ from xpkit.decide.health import Check
 from xpkit.decide.history import AlwaysValid, HistorySeries
 from xpkit.decide.slices import SliceResult
 from xpkit.decide.stopping import StopVerdict
-from xpkit.output.schemas import CHECKS_SCHEMA, EFFECT_COLUMNS, HISTORY_SCHEMA, SCORECARD_SCHEMA
+from xpkit.output.schemas import (
+    CHECKS_SCHEMA,
+    EFFECT_COLUMNS,
+    HISTORY_SCHEMA,
+    SCORECARD_SCHEMA,
+    SQL_METADATA_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Provenance:
     config_sha256: str
     metric_sha256: Mapping[str, str]
     rows_read: Mapping[str, int]
+    sql: str = ""  # the statement itself, kept in the scorecard file's metadata
 
 
 def _f(x: float | None) -> float | None:
@@ -170,7 +177,10 @@ def build_scorecard(
             # Never lie: an invalid result shows no effect, CI or p-value by default.
             for col in EFFECT_COLUMNS:
                 row[col] = None
-    return pa.Table.from_pylist(rows, schema=SCORECARD_SCHEMA)
+    schema = SCORECARD_SCHEMA
+    if provenance.sql:
+        schema = schema.with_metadata({SQL_METADATA_KEY: provenance.sql.encode()})
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def build_checks(experiment_id: str, run_date: date, checks: Sequence[Check]) -> pa.Table:
