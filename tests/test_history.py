@@ -102,7 +102,7 @@ def test_run_history_writes_and_show_prints_it(sample_dir: Path, tmp_path: Path)
     history = read_run(manifest).history
     assert history is not None
     assert history.column("analysis_date").to_pylist()[-1] == date(2024, 4, 4)
-    shown = CliRunner().invoke(main, ["show", str(tmp_path)]).output
+    shown = CliRunner().invoke(main, ["show", str(tmp_path), "--full"]).output
     assert "Effect over time (ITT)" in shown
     assert "watch_seconds — treatment" in shown
     assert shown.index("watch_seconds — treatment") < shown.index("errors — treatment")

@@ -304,7 +304,7 @@ def test_history_shown_is_the_same_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     put(out, "e", date(2024, 4, 4), "old", history=True)
     put(out, "e", DAY, "new", history=True)
-    result = show(out)
+    result = show(out, "--full")
     assert result.exit_code == 0, result.output
     assert "metric_new — treatment" in result.output
     assert tags_shown(result.output) == {"new"}

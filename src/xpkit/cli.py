@@ -38,7 +38,7 @@ from xpkit.errors import (
 from xpkit.locations import location_matches
 from xpkit.output.storage import read_run, select_runs
 from xpkit.output.tables import run_is_valid
-from xpkit.output.terminal import render_history, render_plan, render_scorecard
+from xpkit.output.terminal import Style, render_history, render_plan, render_scorecard
 from xpkit.output.validate import validate_scorecard
 from xpkit.runner import ExperimentRun, compile_experiment, engine_for, run_all
 
@@ -140,6 +140,17 @@ def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="DuckDB memory limit, e.g. 2GB, 500MB or 75% (spills to disk beyond it; "
         "default: the config's memory_limit).",
     )(func)
+
+
+def _style(full: bool = False) -> Style:
+    """The terminal's width; colour only on a terminal and never with NO_COLOR set."""
+    import shutil
+
+    color = (
+        sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    )
+    width = shutil.get_terminal_size((100, 24)).columns
+    return Style(width=max(40, min(width, 200)), color=bool(color), full=full)
 
 
 def _check_out(out_dir: Path, config: LoadedConfig) -> None:
@@ -356,7 +367,7 @@ def run_command(
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
         if not quiet:
-            click.echo(render_scorecard(run.scorecard, run.checks))
+            click.echo(render_scorecard(run.scorecard, run.checks, _style()))
             click.echo("")
         for path in run.paths:
             click.echo(f"wrote {path}")
@@ -474,8 +485,9 @@ def power_command(
     default=None,
     help="The run filed under this date (default: each experiment's newest).",
 )
+@click.option("--full", is_flag=True, help="Every check's detail and every day of the history.")
 @_guard
-def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int:
+def show_command(out_dir: Path, experiment_id: str | None, run_date: Any, full: bool) -> int:
     """Print the newest committed run of each experiment under DIR (the --out of run).
 
     Only committed runs are read (through their manifests), each whole: its scorecard,
@@ -488,13 +500,15 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any) -> int
     selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
     runs = [read_run(manifest) for manifest in selected]
     invalid = []
+    style = _style(full)
     for i, run in enumerate(runs):
         if i:
             click.echo("")
-        click.echo(render_scorecard(validate_scorecard(run.scorecard, out_dir), run.checks))
+        scorecard = validate_scorecard(run.scorecard, out_dir)
+        click.echo(render_scorecard(scorecard, run.checks, style))
         if run.history is not None:
             click.echo("")
-            click.echo(render_history(run.history))
+            click.echo(render_history(run.history, style=style))
         if not run_is_valid(run.scorecard, run.checks):
             invalid.append(str(run.manifest.experiment_id))
     if invalid:
@@ -602,7 +616,7 @@ def demo_command(
     ids = [e.id for e in config.run.experiment]
     runs = run_all(config, registry, ids, demo_dir / "results")
     for run in runs:
-        click.echo(render_scorecard(run.scorecard, run.checks))
+        click.echo(render_scorecard(run.scorecard, run.checks, _style()))
         click.echo("")
     flagged = [r.experiment_id for r in runs if not r.valid]
     click.echo(f"scorecards written under {demo_dir / 'results'}")

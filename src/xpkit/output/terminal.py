@@ -1,12 +1,21 @@
-"""Scorecard tables -> text for a terminal.
+"""Scorecard tables -> text for a terminal of a given width.
 
 Order matters: an invalid result's reason comes first and loudly, then the decision, then
 the health checks, then the numbers. TOT is always labelled as selected on exposure.
+
+Every line fits :attr:`Style.width`: a table too wide for it is printed as one block per
+row (its first columns as a heading, the rest as ``label value`` pairs), and long texts are
+wrapped. Colour is used only when :attr:`Style.color` says so (the command line turns it on
+for a terminal, never with ``NO_COLOR`` set). By default the output is short: passing
+checks on one line each and the history summarised to its latest day per series;
+``full=True`` prints every check's detail and every day.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -19,6 +28,30 @@ _POPULATION_TITLES = {
     "tot": "TOT (selection-biased)",
     "cace": "CACE (complier effect)",
 }
+_COLOURS = {"bad": "31;1", "good": "32;1", "warn": "33", "bold": "1", "dim": "2"}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How wide the text may be, whether it may be coloured, and how much to print."""
+
+    width: int = 100
+    color: bool = False
+    full: bool = False
+
+    def paint(self, text: str, kind: str) -> str:
+        if not self.color or kind not in _COLOURS:
+            return text
+        return f"\x1b[{_COLOURS[kind]}m{text}\x1b[0m"
+
+    def wrap(self, text: str, indent: str = "", hanging: str = "    ") -> list[str]:
+        return textwrap.wrap(
+            text,
+            width=max(self.width, 40),
+            initial_indent=indent,
+            subsequent_indent=indent + hanging,
+            break_on_hyphens=False,
+        ) or [indent]
 
 
 def _num(x: object, fmt: str = "{:.4g}") -> str:
@@ -38,196 +71,290 @@ def _interval(lo: object, hi: object, pct: bool) -> str:
     return f"[{f(lo)}, {f(hi)}]"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(header: list[str], rows: list[list[str]], style: Style, indent: str = "") -> list[str]:
+    """Aligned columns when they fit the width; else one block per row."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+    def line(cells: list[str]) -> str:
+        return (indent + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))).rstrip()
+
+    if len(indent) + sum(widths) + 2 * (len(widths) - 1) <= style.width:
+        return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    # Too wide: the first two columns head each block, the others follow as pairs.
+    out: list[str] = []
+    for r in rows:
+        out.append(style.paint(indent + "  ".join(c for c in r[:2] if c), "bold"))
+        pairs = [f"{h} {c}" for h, c in zip(header[2:], r[2:], strict=True) if c and c != "-"]
+        out += _pack(pairs, indent + "  ", style.width)
+    return out
+
+
+def _pack(items: list[str], indent: str, width: int) -> list[str]:
+    """Items side by side, three spaces apart, a new line where the next would not fit (an
+    item is never broken unless it alone is wider than the line)."""
+    lines: list[str] = []
+    line = ""
+    for item in items:
+        candidate = f"{line}   {item}" if line else item
+        if line and len(indent) + len(candidate) > width:
+            lines.append(indent + line)
+            line = item
+        else:
+            line = candidate
+    if line:
+        lines.append(indent + line)
+    out: list[str] = []
+    for text in lines:
+        out += textwrap.wrap(text, width=max(width, 40), subsequent_indent=indent + "  ") or [text]
+    return out
 
 
 def _is_overall(row: dict) -> bool:
     return row.get("slice_dimension", ALL_SLICES) in (ALL_SLICES, None)
 
 
-def render_scorecard(scorecard: pa.Table, checks: pa.Table | None = None) -> str:
+def _decision_kind(decision: str) -> str:
+    return {"ship": "good", "no_ship": "bad", "invalid": "bad"}.get(decision, "warn")
+
+
+def render_scorecard(
+    scorecard: pa.Table, checks: pa.Table | None = None, style: Style | None = None
+) -> str:
+    style = style or Style()
     everything = scorecard.to_pylist()
     rows = [r for r in everything if _is_overall(r)]
     sliced = [r for r in everything if not _is_overall(r)]
     if not rows:
-        return _render_empty(checks)
+        return _render_empty(checks, style)
     first = rows[0]
     out: list[str] = []
     title = f"Experiment {first['experiment_id']}  (data as of {first['as_of']}, run {first['run_date']})"
-    out += [title, "=" * len(title)]
+    out += [style.paint(title, "bold"), "=" * min(len(title), style.width)]
     if not first["valid"]:
-        out += [
-            "",
-            "!!! INVALID RESULT — DO NOT USE THESE NUMBERS FOR A DECISION !!!",
-            f"!!! {first['invalid_reason']}",
-        ]
+        banner = ["!!! INVALID RESULT — DO NOT USE THESE NUMBERS FOR A DECISION !!!"]
+        banner += style.wrap(f"!!! {first['invalid_reason']}", hanging="    ")
         if first["abs_effect"] is None:
-            out.append("!!! Effects are withheld; rerun with --allow-invalid to inspect them.")
+            banner.append("!!! Effects are withheld; rerun with --allow-invalid to inspect them.")
         else:
-            out.append("!!! Effects are shown because --allow-invalid was given.")
+            banner.append("!!! Effects are shown because --allow-invalid was given.")
+        out += [""] + [style.paint(b, "bad") for b in banner]
     out.append("")
     seen = set()
     for r in rows:
         if r["variant"] in seen or r["decision"] is None:
             continue
         seen.add(r["variant"])
-        out.append(
-            f"Decision for {r['variant']} vs {r['control_variant']}: {r['decision'].upper()}"
-        )
-        out += [f"  - {reason}" for reason in r["decision_reasons"] or []]
+        verdict = style.paint(r["decision"].upper(), _decision_kind(r["decision"]))
+        out.append(f"Decision for {r['variant']} vs {r['control_variant']}: {verdict}")
+        for reason in r["decision_reasons"] or []:
+            out += style.wrap(f"- {reason}", "  ", "  ")
     if checks is not None and checks.num_rows:
-        out += ["", "Health checks"]
-        per_slice = [c for c in checks.to_pylist() if c["name"].startswith("srm_slice:")]
-        for c in checks.to_pylist():
-            if c in per_slice and c["passed"]:
-                continue
-            mark = "PASS" if c["passed"] else ("FAIL" if c["gate"] else "WARN")
-            out.append(f"  [{mark}] {c['name']}: {c['detail']}")
-        if per_slice:
-            passed = sum(c["passed"] for c in per_slice)
-            out.append(
-                f"  [{'PASS' if passed == len(per_slice) else 'WARN'}] srm per slice: "
-                f"{passed} of {len(per_slice)} slice values split as configured (a failed "
-                "one invalidates that slice's rows only)"
-            )
+        out += ["", "Health checks"] + _render_checks(checks.to_pylist(), style)
     for population in ("itt", "tot", "cace"):
         prow = [r for r in rows if r["population"] == population]
-        if not prow:
-            continue
-        out += ["", f"{_POPULATION_TITLES[population]} — {POPULATION_NOTES[population]}"]
-        header = [
-            "metric",
-            "role",
-            "variant",
-            "n ctl/var",
-            "mean ctl",
-            "mean var",
-            "rel lift [CI]",
-            "abs effect [CI]",
-            "p",
-            "p adj",
-            "method",
-        ]
-        table = []
-        for r in prow:
-            method = r["method"]
-            if r["variance_reduction"] is not None:
-                method += f" (var -{r['variance_reduction']:.0%})"
-            flag = ""
-            if r["guardrail_breached"]:
-                flag = "  << guardrail breached"
-            table.append(
-                [
-                    r["metric"],
-                    r["role"],
-                    r["variant"],
-                    f"{r['n_control']}/{r['n_variant']}",
-                    _num(r["mean_control"]),
-                    _num(r["mean_variant"]),
-                    f"{_pct(r['rel_lift'])} {_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
-                    f"{_num(r['abs_effect'])} {_interval(r['abs_ci_low'], r['abs_ci_high'], False)}".strip(),
-                    _num(r["p_value"], "{:.3g}"),
-                    _num(r["p_value_adjusted"], "{:.3g}"),
-                    method + flag,
-                ]
-            )
-        out += ["  " + line for line in _table(header, table)]
+        if prow:
+            out += _render_population(population, prow, style)
     if sliced:
-        out += _render_slices(sliced)
-    out += [
-        "",
+        out += _render_slices(sliced, style)
+    out += [""] + style.wrap(
         f"xpkit {first['xpkit_version']}, sql sha256 {str(first['sql_sha256'])[:12]}, "
-        f"config sha256 {str(first['config_sha256'])[:12]}, rows read {_rows_read(first['rows_read'])}",
-    ]
+        f"config sha256 {str(first['config_sha256'])[:12]}, rows read "
+        f"{_rows_read(first['rows_read'])}",
+        hanging="  ",
+    )
     return "\n".join(out)
 
 
-def _render_slices(rows: list[dict]) -> list[str]:
-    """ITT by slice: per dimension, the heterogeneity verdict per metric, then each value."""
-    rows = [r for r in rows if r["population"] == "itt"]
-    out = [
-        "",
-        "Slices (ITT) — for whom? Exploratory: 'p adj' is BH across a dimension's values, "
-        "'vs rest' compares a slice with all other units (BH across every slice); "
-        "slices never change the decision.",
-    ]
-    dimensions = list(dict.fromkeys(r["slice_dimension"] for r in rows))
-    for dimension in dimensions:
-        mine = [r for r in rows if r["slice_dimension"] == dimension]
-        out += ["", f"  by {dimension}"]
-        verdicts = {}
-        for r in mine:
-            key = (r["metric"], r["variant"])
-            if key in verdicts:
-                continue
-            p, i2 = r["heterogeneity_p_value"], r["heterogeneity_i2"]
-            if p is None:
-                verdicts[key] = "no test (fewer than two slices with an estimate)"
-            else:
-                differs = p < r["alpha"]
-                verdicts[key] = (
-                    f"{'EFFECTS DIFFER' if differs else 'no evidence the effect differs'} "
-                    f"(Q test p = {p:.3g}, I² {_num(i2, '{:.0%}')})"
-                )
-        for (metric, variant), verdict in verdicts.items():
-            out.append(f"    {metric} — {variant}: {verdict}")
-        header = ["metric", dimension, "n ctl/var", "rel lift [CI]", "p adj", "vs rest", "shrunk"]
-        table = []
-        for r in mine:
-            flag = "" if r["valid"] else "  << slice SRM"
-            found = r["vs_rest_p_value_adjusted"]
-            table.append(
-                [
-                    r["metric"]
-                    if len({x["variant"] for x in mine}) == 1
-                    else f"{r['metric']} {r['variant']}",
-                    str(r["slice_value"]),
-                    f"{r['n_control']}/{r['n_variant']}",
-                    f"{_pct(r['rel_lift'])} {_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
-                    _num(r["p_value_adjusted"], "{:.3g}"),
-                    _num(found, "{:.3g}")
-                    + (" *" if found is not None and found < r["alpha"] else ""),
-                    _num(r["shrunk_abs_effect"]) + flag,
-                ]
-            )
-        out += ["    " + line for line in _table(header, table)]
+def _render_checks(checks: list[dict], style: Style) -> list[str]:
+    """Failed checks in full; passing ones on one line (every detail with ``full``); the
+    per-slice SRM checks summarised unless one failed."""
+    out: list[str] = []
+    per_slice = [c for c in checks if c["name"].startswith("srm_slice:")]
+    for c in checks:
+        if c in per_slice and c["passed"] and not style.full:
+            continue
+        mark = "PASS" if c["passed"] else ("FAIL" if c["gate"] else "WARN")
+        kind = "good" if c["passed"] else ("bad" if c["gate"] else "warn")
+        text = f"[{mark}] {c['name']}: {c['detail']}"
+        lines = style.wrap(text, "  ", "       ")
+        if c["passed"] and not style.full and len(lines) > 1:
+            lines = [textwrap.shorten(text, width=max(style.width, 40) - 2, placeholder=" …")]
+            lines = ["  " + lines[0]]
+        lines[0] = lines[0].replace(f"[{mark}]", style.paint(f"[{mark}]", kind), 1)
+        out += lines
+    if per_slice:
+        passed = sum(c["passed"] for c in per_slice)
+        out += style.wrap(
+            f"[{'PASS' if passed == len(per_slice) else 'WARN'}] srm per slice: {passed} of "
+            f"{len(per_slice)} slice values split as configured (a failed one invalidates "
+            "that slice's rows only)",
+            "  ",
+            "       ",
+        )
     return out
 
 
-def _render_empty(checks: pa.Table | None) -> str:
+def _render_population(population: str, prow: list[dict], style: Style) -> list[str]:
+    out = [""] + style.wrap(
+        f"{_POPULATION_TITLES[population]} — {POPULATION_NOTES[population]}", hanging="  "
+    )
+    header = [
+        "metric",
+        "variant",
+        "role",
+        "n ctl/var",
+        "mean ctl",
+        "mean var",
+        "rel lift [CI]",
+        "abs effect [CI]",
+        "p",
+        "p adj",
+        "method",
+    ]
+    table = []
+    for r in prow:
+        method = r["method"]
+        if r["variance_reduction"] is not None:
+            method += f" (var -{r['variance_reduction']:.0%})"
+        if r["guardrail_breached"]:
+            method += "  << guardrail breached"
+        table.append(
+            [
+                r["metric"],
+                r["variant"],
+                r["role"],
+                f"{r['n_control']}/{r['n_variant']}",
+                _num(r["mean_control"]),
+                _num(r["mean_variant"]),
+                f"{_pct(r['rel_lift'])} {_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
+                f"{_num(r['abs_effect'])} {_interval(r['abs_ci_low'], r['abs_ci_high'], False)}".strip(),
+                _num(r["p_value"], "{:.3g}"),
+                _num(r["p_value_adjusted"], "{:.3g}"),
+                method,
+            ]
+        )
+    return out + _table(header, table, style, "  ")
+
+
+def _render_slices(rows: list[dict], style: Style) -> list[str]:
+    """ITT by slice: per dimension, the heterogeneity verdict per metric, then each value."""
+    rows = [r for r in rows if r["population"] == "itt"]
+    out = [""] + style.wrap(
+        "Slices (ITT) — for whom? Exploratory: 'p adj' is BH across a dimension's values, "
+        "'vs rest' compares a slice with all other units (BH across every slice; * below "
+        "alpha); slices never change the decision.",
+        hanging="  ",
+    )
+    for dimension in dict.fromkeys(r["slice_dimension"] for r in rows):
+        mine = [r for r in rows if r["slice_dimension"] == dimension]
+        out += ["", style.paint(f"  by {dimension}", "bold")]
+        series: dict[tuple[str, str], list[dict]] = {}
+        for r in mine:
+            series.setdefault((r["metric"], r["variant"]), []).append(r)
+        several = len({variant for _, variant in series}) > 1
+        for (metric, variant), values in series.items():
+            p, i2 = values[0]["heterogeneity_p_value"], values[0]["heterogeneity_i2"]
+            if p is None:
+                verdict = "no test (fewer than two slices with an estimate)"
+            elif p < values[0]["alpha"]:
+                verdict = style.paint(
+                    f"EFFECTS DIFFER (Q test p = {p:.3g}, I² {_num(i2, '{:.0%}')})", "warn"
+                )
+            else:
+                verdict = f"no evidence the effect differs (p = {p:.3g})"
+            name = f"{metric} {variant}" if several else metric
+            out += style.wrap(f"{name}: {verdict}", "    ", "  ")
+            header = [dimension, "n ctl/var", "rel lift [CI]", "p adj", "vs rest", "shrunk"]
+            table = []
+            for r in values:
+                found = r["vs_rest_p_value_adjusted"]
+                star = " *" if found is not None and found < r["alpha"] else ""
+                table.append(
+                    [
+                        str(r["slice_value"]),
+                        f"{r['n_control']}/{r['n_variant']}",
+                        f"{_pct(r['rel_lift'])} "
+                        f"{_interval(r['rel_ci_low'], r['rel_ci_high'], True)}".strip(),
+                        _num(r["p_value_adjusted"], "{:.3g}"),
+                        _num(found, "{:.3g}") + star,
+                        _num(r["shrunk_abs_effect"]) + ("" if r["valid"] else "  << slice SRM"),
+                    ]
+                )
+            out += _table(header, table, style, "      ")
+    return out
+
+
+def _render_empty(checks: pa.Table | None, style: Style) -> str:
     """A run with no result rows: say which experiment, loudly, and why (failed checks)."""
     found = checks.to_pylist() if checks is not None else []
     name = found[0]["experiment_id"] if found else "(unknown experiment)"
     title = f"Experiment {name}: NO RESULTS"
-    out = [title, "=" * len(title), ""]
+    out = [style.paint(title, "bad"), "=" * min(len(title), style.width), ""]
     failed = [c for c in found if not c["passed"]]
     if failed:
         out.append("!!! Nothing could be compared; the checks that failed:")
-        out += [f"!!! {c['name']}: {c['detail']}" for c in failed]
+        for c in failed:
+            out += style.wrap(f"!!! {c['name']}: {c['detail']}", hanging="    ")
     else:
         out.append("!!! Nothing could be compared: no metric has a result for any variant.")
     return "\n".join(out)
 
 
-def render_history(history: pa.Table, population: str = "itt") -> str:
-    """The effect over time per metric and variant, with the always-valid interval."""
+def render_history(history: pa.Table, population: str = "itt", style: Style | None = None) -> str:
+    """The effect over time per metric and variant: by default each series' latest day and
+    its verdict; ``style.full`` prints every day."""
+    style = style or Style()
     rows = [r for r in history.to_pylist() if r["population"] == population]
-    out = [
-        f"Effect over time ({_POPULATION_TITLES.get(population, population)}): "
-        "fixed-horizon CI of each day, and the always-valid (mSPRT) interval that stays "
-        "valid however often you look"
-    ]
+    out = style.wrap(
+        f"Effect over time ({_POPULATION_TITLES.get(population, population)}): fixed-horizon "
+        "CI of each day, and the always-valid (mSPRT) interval that stays valid however often "
+        "you look" + ("" if style.full else "; the latest day of each series (--full: every day)"),
+        hanging="  ",
+    )
     series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         series.setdefault((r["metric"], r["variant"]), []).append(r)
+    if not style.full:
+        header = [
+            "metric",
+            "variant",
+            "days",
+            "as of",
+            "abs effect [CI]",
+            "always-valid CI",
+            "p av",
+        ]
+        table = [
+            [
+                metric,
+                variant,
+                str(len(looks)),
+                str(looks[-1]["analysis_date"]),
+                f"{_num(looks[-1]['abs_effect'])} "
+                f"{_interval(looks[-1]['abs_ci_low'], looks[-1]['abs_ci_high'], False)}".strip(),
+                _interval(
+                    looks[-1]["always_valid_ci_low"], looks[-1]["always_valid_ci_high"], False
+                ),
+                _num(looks[-1]["always_valid_p_value"], "{:.3g}"),
+            ]
+            for (metric, variant), looks in series.items()
+        ]
+        out += [""] + _table(header, table, style, "  ")
+        trends = [
+            f"{metric} {variant}: {looks[-1]['trend']}"
+            for (metric, variant), looks in series.items()
+            if looks[-1].get("trend")
+        ]
+        if trends:
+            out += ["", "  Trend (novelty/primacy):"]
+            for t in trends:
+                out += style.wrap(t, "    ", "  ")
+        return "\n".join(out)
     for (metric, variant), looks in series.items():
         verdict = looks[-1].get("trend") or "no trend verdict recorded"
-        out += ["", f"  {metric} — {variant} ({verdict})"]
+        out += [""] + style.wrap(f"{metric} — {variant} ({verdict})", "  ", "  ")
         header = ["as of", "n ctl/var", "abs effect", "CI", "always-valid CI", "always-valid p"]
         table = [
             [
@@ -240,7 +367,7 @@ def render_history(history: pa.Table, population: str = "itt") -> str:
             ]
             for r in looks
         ]
-        out += ["    " + line for line in _table(header, table)]
+        out += _table(header, table, style, "    ")
     return "\n".join(out)
 
 

@@ -129,9 +129,11 @@ def read_slice_cells(result: pa.Table, layout: MomentsLayout) -> dict[SliceKey, 
             for values in zip(*(rows.column(c).to_pylist() for c in columns), strict=True)
         ]
         dimension = "*".join(spec)
-        for label in sorted(set(labels)):
-            keep = pa.array([x == label for x in labels], pa.bool_())
-            out[SliceKey(dimension, label)] = _read_cells(rows.filter(keep), layout)
+        positions: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            positions.setdefault(label, []).append(i)
+        for label in sorted(positions):
+            out[SliceKey(dimension, label)] = _read_cells(rows.take(positions[label]), layout)
     return out
 
 
