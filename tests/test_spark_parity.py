@@ -81,6 +81,12 @@ def assert_same_value(expected: object, actual: object, where: str) -> None:
         assert actual == expected, where
 
 
+# Empirical-Bayes slice effects depend on the REML between-slice variance, which is
+# ill-conditioned where the likelihood is flat: inputs equal to 1e-13 give tau^2 equal to
+# about 1e-8 (measured on random inputs), so these columns are compared at 1e-6.
+LOOSE = {"shrunk_abs_effect", "shrunk_abs_ci_low", "shrunk_abs_ci_high"}
+
+
 def assert_same_table(
     expected: pa.Table, actual: pa.Table, *, ignore: Collection[str] = ()
 ) -> None:
@@ -89,8 +95,13 @@ def assert_same_table(
     assert actual.num_rows == expected.num_rows
     for i, (want, got) in enumerate(zip(expected.to_pylist(), actual.to_pylist(), strict=True)):
         for column in expected.column_names:
-            if column not in ignore:
-                assert_same_value(want[column], got[column], f"row {i}, column {column!r}")
+            if column in ignore:
+                continue
+            where = f"row {i}, column {column!r}"
+            if column in LOOSE and want[column] is not None and got[column] is not None:
+                assert got[column] == pytest.approx(want[column], rel=1e-6), where
+            else:
+                assert_same_value(want[column], got[column], where)
 
 
 def assert_same_moments(expected: MomentsTable, actual: MomentsTable) -> None:

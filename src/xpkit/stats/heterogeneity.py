@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 from xpkit.moments import Moments
 from xpkit.stats.effect import Effect
@@ -313,7 +313,37 @@ def _reml(b: np.ndarray, v: np.ndarray, start: float) -> float:
     grid = np.concatenate([[0.0], np.geomspace(1e-3 * float(v.min()), top, 96)])
     best = float(grid[int(np.argmax(_reml_loglik(b, v, grid)))])
     found = [_fisher_scoring(b, v, t) for t in {start, best}]
-    return max(found, key=lambda t: float(_reml_loglik(b, v, t)))
+    return _polish(b, v, max(found, key=lambda t: float(_reml_loglik(b, v, t))))
+
+
+def _reml_score(b: np.ndarray, v: np.ndarray, tau2: float) -> float:
+    w = 1.0 / (v + tau2)
+    s1, s2 = w.sum(), np.sum(w**2)
+    mu = np.sum(w * b) / s1
+    return float(0.5 * (np.sum(w**2 * (b - mu) ** 2) - (s1 - s2 / s1)))
+
+
+def _polish(b: np.ndarray, v: np.ndarray, tau2: float) -> float:
+    """The root of the REML score next to ``tau2``, to a few ulps.
+
+    Fisher scoring stops where the likelihood no longer rises measurably, which near a
+    flat maximum can be ~1e-8 relative away from it: a run on another engine, whose inputs
+    differ in the 13th digit, would then shrink differently in the 7th. The score is
+    steep where the likelihood is flat, so its root (Brent's method in a bracket grown
+    around ``tau2``) is as reproducible as the inputs.
+    """
+    if tau2 <= 0.0:
+        return tau2
+    step = tau2 * 1e-6
+    for _ in range(60):
+        lo, hi = max(0.0, tau2 - step), tau2 + step
+        f_lo, f_hi = _reml_score(b, v, lo), _reml_score(b, v, hi)
+        if f_lo > 0.0 > f_hi:
+            return float(optimize.brentq(lambda t: _reml_score(b, v, t), lo, hi, rtol=1e-15))
+        if lo == 0.0 and f_lo <= 0.0:
+            return tau2
+        step *= 4.0
+    return tau2
 
 
 def _fisher_scoring(b: np.ndarray, v: np.ndarray, start: float) -> float:
