@@ -7,11 +7,12 @@ variants, duplicate assignment rows). Because the generator draws both potential
 for every member, the manifest can state the *finite-population* truth that an analysis is
 supposed to recover, and a scorecard can be checked against it rather than against itself.
 
-An effect may depend on a member's device and country (``ExperimentSpec.slice_factors``).
-The manifest states every experiment's truths per slice (each device, each country) as well
-as overall, and says per (variant, metric, dimension) whether the effect differs across the
-slices by construction (``Heterogeneity``), so a breakdown can be checked for finding
-heterogeneity where it is and for not finding any where there is none.
+One effect is heterogeneous by design: in ``homepage_ranking_v2`` the watch-time lift goes
+to exposed tv members outside JP only (``ExperimentSpec.slice_factors``). The manifest
+states every experiment's truths per slice (each device, each country) as well as overall,
+and says per (variant, metric, dimension) whether the effect differs across the slices by
+construction (``Heterogeneity``), so a breakdown can be checked for finding the planted
+heterogeneity and for not finding any where there is none.
 
 Output (see ``README.md`` next to this file for the full description)::
 
@@ -49,7 +50,7 @@ import pyarrow.parquet as pq
 
 from xpkit.files import atomic_path
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 ASSIGNMENTS_FILE = "experiment_assignments.parquet"
 DAILY_FILE = "engagement_daily.parquet"
@@ -195,13 +196,25 @@ EXPERIMENTS: tuple[ExperimentSpec, ...] = (
         0.40,
         ("control", "treatment"),
         (0.5, 0.5),
-        {"treatment": {"watch_seconds": 1.05, "sessions": 1.03}},
+        # A planted heterogeneous effect: the watch-time lift goes to exposed tv members
+        # outside JP only (x1.09); mobile, web and JP members get none. Overall that is
+        # about the ITT lift a uniform x1.05 would give. Sessions rise x1.03 for every
+        # exposed member.
+        {"treatment": {"watch_seconds": 1.09, "sessions": 1.03}},
         (
             f"about {MULTI_VARIANT_RATE:.1%} of units get a second assignment row in the other "
             "variant (a later timestamp): units seen in more than one variant",
             f"about {DUPLICATE_RATE:.1%} of units get an exact duplicate assignment row with a "
             "later timestamp",
         ),
+        slice_factors={
+            "treatment": {
+                "watch_seconds": {
+                    "device": {"tv": 1.0, "mobile": 0.0, "web": 0.0},
+                    "country": {"JP": 0.0},
+                }
+            }
+        },
     ),
     ExperimentSpec(
         "artwork_abc",

@@ -557,6 +557,74 @@ def test_slice_truths_add_up_to_the_whole(sample: Generated) -> None:
                         )  # fmt: skip
 
 
+def test_heterogeneity_is_stated_where_planted_and_only_there(sample: Generated) -> None:
+    exp = sample.manifest.experiment("homepage_ranking_v2")
+    het = exp.heterogeneity["treatment"]
+    assert exp.slice_factors == {
+        "treatment": {
+            "watch_seconds": {
+                "device": {"tv": 1.0, "mobile": 0.0, "web": 0.0},
+                "country": {"US": 1.0, "BR": 1.0, "IN": 1.0, "DE": 1.0, "JP": 0.0},
+            }
+        }
+    }
+    assert {dim: h.source for dim, h in het["watch_seconds"].items()} == {
+        "device": "planted",
+        "country": "planted",
+    }
+    # A uniform multiplier: absolute effects follow device baselines; country moves nothing.
+    assert (het["sessions"]["device"].absolute, het["sessions"]["device"].source) == (
+        True,
+        "baseline",
+    )
+    assert not het["sessions"]["country"].absolute and not het["sessions"]["country"].relative
+    for metric in ("plays", "errors", "proportion_any_watch"):
+        assert all(not h.absolute and h.source == "none" for h in het[metric].values())
+    # The other experiments have no slice factors: only device baselines make them differ.
+    for other in sample.manifest.experiments[1:]:
+        assert other.slice_factors == {}
+        for by_metric in other.heterogeneity.values():
+            for by_dim in by_metric.values():
+                assert by_dim["country"].source == "none" and not by_dim["country"].absolute
+                assert by_dim["device"].source in ("baseline", "none")
+    assert any("PLANTED" in note for note in exp.heterogeneity_notes)
+    # The overall lift stays about what a uniform x1.05 on the exposed gave (3.9%), while
+    # tv carries the whole of it: about twice the overall absolute effect.
+    watch = exp.true_effects["treatment"]["watch_seconds"]
+    tv = exp.slice_truths["device"]["tv"].true_effects["treatment"]["watch_seconds"]
+    assert watch.true_itt_rel is not None and 0.03 < watch.true_itt_rel < 0.05
+    assert tv.true_effect_on_exposed_rel is not None and 0.07 < tv.true_effect_on_exposed_rel < 0.09
+
+
+def test_slice_factors_change_only_the_scaled_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slice factors change the values of their own term and nothing else: generated again
+    with every term unsliced, every other column and experiment is bit-identical."""
+    generate(tmp_path / "sliced", members=3_000, seed=5)
+    plain = tuple(replace(term, cell_factor=None) for term in gen_module._TERMS)
+    monkeypatch.setattr(gen_module, "_TERMS", plain)
+    generate(tmp_path / "plain", members=3_000, seed=5)
+    (a_sliced, d_sliced), (a_plain, d_plain) = (
+        _tables(tmp_path / "sliced"),
+        _tables(tmp_path / "plain"),
+    )
+    assert a_sliced.equals(a_plain)
+    assert d_sliced.drop_columns(["watch_seconds"]).equals(d_plain.drop_columns(["watch_seconds"]))
+    con = duckdb.connect()
+    con.register("a", a_sliced)
+    con.register("s", d_sliced)
+    con.register("p", d_plain)
+    changed = con.execute(
+        """
+        SELECT DISTINCT a.experiment_id, a.variant, a.exposed_flag, s.date >= a.assignment_timestamp::DATE
+        FROM s JOIN p USING (member_id, date) JOIN a USING (member_id)
+        WHERE s.watch_seconds <> p.watch_seconds
+        """
+    ).fetchall()
+    assert changed == [("homepage_ranking_v2", "treatment", True, True)]
+
+
 def test_spec_rejects_bad_slice_factors() -> None:
     spec = gen_module.ExperimentSpec
     base = ("x", 0.5, ("control", "treatment"), (0.5, 0.5), {"treatment": {"plays": 1.1}})
