@@ -7,6 +7,13 @@ variants, duplicate assignment rows). Because the generator draws both potential
 for every member, the manifest can state the *finite-population* truth that an analysis is
 supposed to recover, and a scorecard can be checked against it rather than against itself.
 
+One effect is heterogeneous by design: in ``homepage_ranking_v2`` the watch-time lift goes
+to exposed tv members outside JP only (``ExperimentSpec.slice_factors``). The manifest
+states every experiment's truths per slice (each device, each country) as well as overall,
+and says per (variant, metric, dimension) whether the effect differs across the slices by
+construction (``Heterogeneity``), so a breakdown can be checked for finding the planted
+heterogeneity and for not finding any where there is none.
+
 Output (see ``README.md`` next to this file for the full description)::
 
     out_dir/experiment_assignments.parquet
@@ -43,7 +50,7 @@ import pyarrow.parquet as pq
 
 from xpkit.files import atomic_path
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 ASSIGNMENTS_FILE = "experiment_assignments.parquet"
 DAILY_FILE = "engagement_daily.parquet"
@@ -75,6 +82,15 @@ DEVICE_WEIGHTS = (0.5, 0.3, 0.2)
 # latent level keeps device a meaningful slice without a separate model per device.
 DEVICE_ENGAGEMENT = np.array([1.25, 0.75, 0.9])
 DEVICE_ERROR_FACTOR = np.array([0.8, 1.2, 1.5])
+# The pre-treatment dimensions the manifest states per-slice truths for, with their labels.
+# Device moves every baseline (through the latent level, and errors through the error
+# factor) and, through the latent level, the exposure rate; country is drawn independently
+# of everything else and moves nothing.
+SLICE_DIMENSIONS: dict[str, tuple[str, ...]] = {"device": DEVICES, "country": COUNTRIES}
+BASELINE_DIMENSIONS = ("device",)
+# A member's cell is its (device, country) pair, flattened: device x len(COUNTRIES) + country.
+# Truths are summed per cell, so any slice by device or country is a sum of cells.
+N_CELLS = len(DEVICES) * len(COUNTRIES)
 
 # --- engagement model -------------------------------------------------------------------
 # log(lambda) ~ N(log(device factor), 1): a heavy right tail, as real viewing is.
@@ -121,16 +137,57 @@ _EPOCH = date(1970, 1, 1)
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """An experiment of the sample world: its population share, design and true effects."""
+    """An experiment of the sample world: its population share, design and true effects.
+
+    ``multipliers``: variant -> column -> multiplier ``m`` on that column's expected daily
+    value, applied to exposed members from their assignment date on. Variants and columns
+    not listed have no effect.
+
+    ``slice_factors`` (optional): variant -> column -> dimension (``device``, ``country``)
+    -> value -> factor in [0, 1] on the *lift* of a listed multiplier. A member's multiplier
+    is ``1 + (m - 1) x f_device x f_country`` with the factors of its own device and country
+    (a value not listed has factor 1), so factor 1 is the full lift ``m`` and factor 0 no
+    effect. Without slice factors the multiplier is ``m`` for every exposed member.
+
+    The effect terms of all experiments draw from one random stream per (block, day), in
+    order, and how many numbers a Poisson or binomial draw consumes depends on its mean, so
+    factors must not change those draws: a ``watch_seconds`` term draws nothing (its value is
+    scaled exactly), and a count term draws its full-lift increment as without factors, then
+    thins it by the member's factor from a stream of its own. Adding or changing factors
+    therefore changes that term's values only; every other term, column and experiment is
+    bit-identical.
+    """
 
     experiment_id: str
     share: float
     variants: tuple[str, ...]
     weights: tuple[float, ...]
-    # variant -> column -> multiplier on that column's expected daily value, applied to
-    # exposed members from their assignment date on. Variants not listed have no effect.
     multipliers: dict[str, dict[str, float]] = field(default_factory=dict)
     defects: tuple[str, ...] = ()
+    slice_factors: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for variant, by_col in self.slice_factors.items():
+            for col, by_dim in by_col.items():
+                where = f"{self.experiment_id}: slice factors of {variant}/{col}"
+                if col not in self.multipliers.get(variant, {}):
+                    raise ValueError(f"{where} have no multiplier to scale")
+                for dim, by_value in by_dim.items():
+                    if dim not in SLICE_DIMENSIONS:
+                        raise ValueError(f"{where}: unknown dimension {dim!r}")
+                    unknown = set(by_value) - set(SLICE_DIMENSIONS[dim])
+                    if unknown:
+                        raise ValueError(f"{where}: unknown {dim} values {sorted(unknown)}")
+                    if any(not 0.0 <= f <= 1.0 for f in by_value.values()):
+                        raise ValueError(f"{where}: factors must lie in [0, 1]")
+
+    def factors(self, variant: str, column: str) -> dict[str, dict[str, float]]:
+        """dimension -> value -> factor for every value of every dimension (1 if unlisted)."""
+        listed = self.slice_factors.get(variant, {}).get(column, {})
+        return {
+            dim: {value: float(listed.get(dim, {}).get(value, 1.0)) for value in values}
+            for dim, values in SLICE_DIMENSIONS.items()
+        }
 
 
 EXPERIMENTS: tuple[ExperimentSpec, ...] = (
@@ -139,13 +196,25 @@ EXPERIMENTS: tuple[ExperimentSpec, ...] = (
         0.40,
         ("control", "treatment"),
         (0.5, 0.5),
-        {"treatment": {"watch_seconds": 1.05, "sessions": 1.03}},
+        # A planted heterogeneous effect: the watch-time lift goes to exposed tv members
+        # outside JP only (x1.09); mobile, web and JP members get none. Overall that is
+        # about the ITT lift a uniform x1.05 would give. Sessions rise x1.03 for every
+        # exposed member.
+        {"treatment": {"watch_seconds": 1.09, "sessions": 1.03}},
         (
             f"about {MULTI_VARIANT_RATE:.1%} of units get a second assignment row in the other "
             "variant (a later timestamp): units seen in more than one variant",
             f"about {DUPLICATE_RATE:.1%} of units get an exact duplicate assignment row with a "
             "later timestamp",
         ),
+        slice_factors={
+            "treatment": {
+                "watch_seconds": {
+                    "device": {"tv": 1.0, "mobile": 0.0, "web": 0.0},
+                    "country": {"JP": 0.0},
+                }
+            }
+        },
     ),
     ExperimentSpec(
         "artwork_abc",
@@ -224,6 +293,32 @@ class EffectTruth:
 
 
 @dataclass(frozen=True)
+class SliceTruth:
+    """Truths over one slice of the truth population: its members with one value of one
+    pre-treatment dimension (``device`` or ``country``), computed like the whole
+    population's from those members' own potential outcomes."""
+
+    truth_population: dict[str, float]
+    # variant -> metric -> truth, as ``ExperimentManifest.true_effects``.
+    true_effects: dict[str, dict[str, EffectTruth]]
+
+
+@dataclass(frozen=True)
+class Heterogeneity:
+    """Whether a (variant, metric)'s true ITT effect differs across a dimension's values by
+    construction (in expectation over the draw of the members).
+
+    ``absolute``/``relative``: the absolute effect / the relative lift differs. ``source``:
+    ``planted`` (slice factors), ``baseline`` (a uniform multiplier on a dimension that moves
+    the baseline and the exposure rate) or ``none``.
+    """
+
+    absolute: bool
+    relative: bool
+    source: str
+
+
+@dataclass(frozen=True)
 class ExperimentManifest:
     """Design, defects, counts and true effects of one experiment."""
 
@@ -240,6 +335,15 @@ class ExperimentManifest:
     # variant -> metric -> truth; every non-control variant, every metric column plus
     # proportion_any_watch.
     true_effects: dict[str, dict[str, EffectTruth]]
+    # variant -> column -> dimension -> value -> factor on the lift, every value listed;
+    # only for the (variant, column) pairs with slice factors. ``multipliers`` holds the
+    # multiplier of a member whose factors are all 1.
+    slice_factors: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    # dimension -> value -> truths over that slice of the truth population.
+    slice_truths: dict[str, dict[str, SliceTruth]] = field(default_factory=dict)
+    # variant -> metric -> dimension -> whether the effect differs across it by construction.
+    heterogeneity: dict[str, dict[str, dict[str, Heterogeneity]]] = field(default_factory=dict)
+    heterogeneity_notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -265,13 +369,30 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        def effects(raw: dict[str, Any]) -> dict[str, dict[str, EffectTruth]]:
+            return {
+                variant: {metric: EffectTruth(**t) for metric, t in by_metric.items()}
+                for variant, by_metric in raw.items()
+            }
+
         experiments = [
             ExperimentManifest(
                 **{
                     **exp,
-                    "true_effects": {
-                        variant: {metric: EffectTruth(**t) for metric, t in by_metric.items()}
-                        for variant, by_metric in exp["true_effects"].items()
+                    "true_effects": effects(exp["true_effects"]),
+                    "slice_truths": {
+                        dim: {
+                            value: SliceTruth(s["truth_population"], effects(s["true_effects"]))
+                            for value, s in by_value.items()
+                        }
+                        for dim, by_value in exp.get("slice_truths", {}).items()
+                    },
+                    "heterogeneity": {
+                        variant: {
+                            metric: {dim: Heterogeneity(**h) for dim, h in by_dim.items()}
+                            for metric, by_dim in by_metric.items()
+                        }
+                        for variant, by_metric in exp.get("heterogeneity", {}).items()
                     },
                 }
             )
@@ -295,6 +416,12 @@ def _daily_rng(seed: int, block: int, day: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, block, day)))
 
 
+def _slice_rng(seed: int, block: int, day: int, term: int) -> np.random.Generator:
+    # Only for thinning a sliced count term: its own stream, so the draws of the day's
+    # shared stream are the same as without slice factors.
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, block, day, term)))
+
+
 def _logistic(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -309,6 +436,7 @@ class _Block:
     # P(active) on a weekday and on a weekend day; computed once rather than on every day.
     p_active: np.ndarray  # float32, shape (2, n)
     device: np.ndarray  # int8 index into DEVICES
+    cell: np.ndarray  # int8 (device, country) cell: device x len(COUNTRIES) + country
     experiment: np.ndarray  # int8 index into EXPERIMENTS
     variant: np.ndarray  # int8 index into the experiment's variants (first assignment)
     assign_day: np.ndarray  # int16 day index since STUDY_START
@@ -380,6 +508,7 @@ def _draw_block(seed: int, block: int, n: int, counts: _Counts) -> tuple[_Block,
             ACTIVE_A + ACTIVE_B * log_lam + np.array([[0.0], [WEEKEND_ACTIVE_SHIFT]])
         ).astype(np.float32),
         device=device,
+        cell=(device * len(COUNTRIES) + country).astype(np.int8),
         experiment=experiment,
         variant=variant,
         assign_day=assign_day,
@@ -445,10 +574,22 @@ class _EffectTerm:
     variant: int
     column: str
     multiplier: float
+    # Lift factor per (device, country) cell, shape (len(DEVICES), len(COUNTRIES)); None
+    # when the term has no slice factors (every exposed member gets the full multiplier).
+    cell_factor: np.ndarray | None = None
+
+
+def _cell_factor(spec: ExperimentSpec, variant: str, column: str) -> np.ndarray | None:
+    if column not in spec.slice_factors.get(variant, {}):
+        return None
+    factors = spec.factors(variant, column)
+    by_device = np.array([factors["device"][d] for d in DEVICES])
+    by_country = np.array([factors["country"][c] for c in COUNTRIES])
+    return np.outer(by_device, by_country)
 
 
 _TERMS: tuple[_EffectTerm, ...] = tuple(
-    _EffectTerm(e, spec.variants.index(v), col, m)
+    _EffectTerm(e, spec.variants.index(v), col, m, _cell_factor(spec, v, col))
     for e, spec in enumerate(EXPERIMENTS)
     for v, by_col in spec.multipliers.items()
     for col, m in by_col.items()
@@ -457,7 +598,12 @@ _TERMS: tuple[_EffectTerm, ...] = tuple(
 
 @dataclass
 class _TruthSums:
-    """Window sums over truth-population members, per experiment (and variant for effects)."""
+    """Window sums over truth-population members, per experiment (and variant for effects).
+
+    ``base``/``base_exposed``/``increment`` are the whole experiment's; the ``cell_``
+    arrays hold the same sums split by (device, country) cell, for the per-slice truths
+    (kept apart so the whole-experiment sums add up in the same order as they always did).
+    """
 
     base: np.ndarray = field(
         default_factory=lambda: np.zeros((len(EXPERIMENTS), len(METRIC_COLUMNS)))
@@ -466,6 +612,13 @@ class _TruthSums:
         default_factory=lambda: np.zeros((len(EXPERIMENTS), len(METRIC_COLUMNS)))
     )
     increment: np.ndarray = field(default_factory=lambda: np.zeros(len(_TERMS)))
+    cell_base: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(EXPERIMENTS), N_CELLS, len(METRIC_COLUMNS)))
+    )
+    cell_base_exposed: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(EXPERIMENTS), N_CELLS, len(METRIC_COLUMNS)))
+    )
+    cell_increment: np.ndarray = field(default_factory=lambda: np.zeros((len(_TERMS), N_CELLS)))
 
 
 def _count_increment(
@@ -479,6 +632,17 @@ def _count_increment(
     if multiplier >= 1.0:
         return rng.poisson((multiplier - 1.0) * mean0)
     return -rng.binomial(y0, 1.0 - multiplier)
+
+
+def _thin(rng: np.random.Generator, inc: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Keep each unit of a count increment with probability ``share`` (per member).
+
+    Thinning Poisson(lambda) gives Poisson(share x lambda), and thinning a binomial removal
+    Binomial(y0, 1-m) gives Binomial(y0, (1-m) share): either way the member's lift is
+    scaled by its factor, as for watch_seconds.
+    """
+    kept = rng.binomial(np.abs(inc), share)
+    return np.where(inc < 0, -kept, kept)
 
 
 def _day_slice(seed: int, b: int, day: int, m: _Block, truth: _TruthSums) -> pa.RecordBatch:
@@ -511,12 +675,19 @@ def _day_slice(seed: int, b: int, day: int, m: _Block, truth: _TruthSums) -> pa.
     window_rows = np.flatnonzero(in_window)
     window_exp = exp[window_rows]
     window_exposed = exposed[window_rows]
+    window_code = window_exp.astype(np.intp) * N_CELLS + m.cell[idx[window_rows]]
     for c, col in enumerate(METRIC_COLUMNS):
         y = y0[col][window_rows].astype(np.float64)
         truth.base[:, c] += np.bincount(window_exp, y, minlength=n_exp)
         truth.base_exposed[:, c] += np.bincount(
             window_exp[window_exposed], y[window_exposed], minlength=n_exp
         )
+        truth.cell_base[:, :, c] += np.bincount(window_code, y, minlength=n_exp * N_CELLS).reshape(
+            n_exp, N_CELLS
+        )
+        truth.cell_base_exposed[:, :, c] += np.bincount(
+            window_code[window_exposed], y[window_exposed], minlength=n_exp * N_CELLS
+        ).reshape(n_exp, N_CELLS)
 
     # Treated potential outcomes: drawn for every exposed member of the experiment,
     # whatever variant it was assigned, so the truth covers the whole population.
@@ -524,11 +695,22 @@ def _day_slice(seed: int, b: int, day: int, m: _Block, truth: _TruthSums) -> pa.
     for t, term in enumerate(_TERMS):
         rows = np.flatnonzero(treated & (exp == term.experiment))
         base = y0[term.column][rows]
+        cell = m.cell[idx[rows]]
+        share = None if term.cell_factor is None else term.cell_factor.ravel()[cell]
         if term.column == "watch_seconds":
-            inc: np.ndarray = (term.multiplier - 1.0) * base
+            lift = term.multiplier - 1.0
+            inc: np.ndarray = lift * base if share is None else (lift * share) * base
         else:
+            # The full lift from the shared stream (whose later draws must not move), then
+            # each member's share of it from the term's own stream.
             inc = _count_increment(rng, base, means[term.column][rows], term.multiplier)
-        truth.increment[t] += float(inc[in_window[rows]].sum())
+            if share is not None:
+                inc = _thin(_slice_rng(seed, b, day, t), inc, share)
+        in_w = in_window[rows]
+        truth.increment[t] += float(inc[in_w].sum())
+        truth.cell_increment[t] += np.bincount(
+            cell[in_w], inc[in_w].astype(np.float64), minlength=N_CELLS
+        )
         mine = m.variant[idx[rows]] == term.variant
         observed[term.column][rows[mine]] += inc[mine]
 
@@ -611,38 +793,43 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den != 0 else None
 
 
-def _experiment_truth(
-    e: int, truth: _TruthSums, blocks: list[_Block]
-) -> tuple[dict[str, float], dict[str, dict[str, EffectTruth]]]:
-    spec = EXPERIMENTS[e]
-    n = n_exposed = any_watch = 0
-    for m in blocks:
-        pop = m.in_truth & (m.experiment == e)
-        n += int(pop.sum())
-        n_exposed += int((pop & m.exposed).sum())
-        any_watch += int((pop & m.any_watch).sum())
-    population = {
+def _population(n: int, n_exposed: int) -> dict[str, float]:
+    return {
         "members": n,
         "exposed_members": n_exposed,
         "exposed_share": _ratio(n_exposed, n) or 0.0,
     }
+
+
+def _effects(
+    e: int,
+    n: int,
+    n_exposed: int,
+    any_watch: int,
+    base: np.ndarray,
+    base_exposed: np.ndarray,
+    increment: np.ndarray,
+) -> dict[str, dict[str, EffectTruth]]:
+    """Truths of experiment ``e`` over one population from its window sums: ``base`` and
+    ``base_exposed`` per metric column, ``increment`` per effect term."""
+    spec = EXPERIMENTS[e]
     effects: dict[str, dict[str, EffectTruth]] = {}
     for v, variant in enumerate(spec.variants[1:], start=1):
         by_metric: dict[str, EffectTruth] = {}
         for c, col in enumerate(METRIC_COLUMNS):
             inc = sum(
-                truth.increment[t]
+                increment[t]
                 for t, term in enumerate(_TERMS)
                 if term.experiment == e and term.variant == v and term.column == col
             )
-            base, base_exp = truth.base[e, c], truth.base_exposed[e, c]
+            b, b_exp = base[c], base_exposed[c]
             by_metric[col] = EffectTruth(
-                control_mean=_ratio(base, n),
+                control_mean=_ratio(b, n),
                 true_itt_abs=_ratio(inc, n),
-                true_itt_rel=_ratio(inc, base),
-                control_mean_exposed=_ratio(base_exp, n_exposed),
+                true_itt_rel=_ratio(inc, b),
+                control_mean_exposed=_ratio(b_exp, n_exposed),
                 true_effect_on_exposed_abs=_ratio(inc, n_exposed),
-                true_effect_on_exposed_rel=_ratio(inc, base_exp),
+                true_effect_on_exposed_rel=_ratio(inc, b_exp),
             )
         # Treatments scale values on active days but never change whether a member is
         # active, and every active day has watch_seconds > 0: the share with any watch is
@@ -656,7 +843,120 @@ def _experiment_truth(
             true_effect_on_exposed_rel=0.0,
         )
         effects[variant] = by_metric
-    return population, effects
+    return effects
+
+
+def _experiment_truth(
+    e: int, truth: _TruthSums, blocks: list[_Block]
+) -> tuple[dict[str, float], dict[str, dict[str, EffectTruth]], dict[str, dict[str, SliceTruth]]]:
+    """The whole truth population's truths, and the same per slice (one value of one
+    dimension), computed alike from the members' own potential outcomes."""
+    n_cell = np.zeros(N_CELLS, np.int64)
+    n_exposed_cell = np.zeros(N_CELLS, np.int64)
+    any_watch_cell = np.zeros(N_CELLS, np.int64)
+    for m in blocks:
+        pop = m.in_truth & (m.experiment == e)
+        n_cell += np.bincount(m.cell[pop], minlength=N_CELLS)
+        n_exposed_cell += np.bincount(m.cell[pop & m.exposed], minlength=N_CELLS)
+        any_watch_cell += np.bincount(m.cell[pop & m.any_watch], minlength=N_CELLS)
+    n, n_exposed = int(n_cell.sum()), int(n_exposed_cell.sum())
+    effects = _effects(
+        e,
+        n,
+        n_exposed,
+        int(any_watch_cell.sum()),
+        truth.base[e],
+        truth.base_exposed[e],
+        truth.increment,
+    )
+    cells = np.arange(N_CELLS).reshape(len(DEVICES), len(COUNTRIES))
+    by_dimension = {"device": list(cells), "country": list(cells.T)}
+    slices: dict[str, dict[str, SliceTruth]] = {}
+    for dim, values in SLICE_DIMENSIONS.items():
+        slices[dim] = {}
+        for value, members in zip(values, by_dimension[dim], strict=True):
+            k, k_exposed = int(n_cell[members].sum()), int(n_exposed_cell[members].sum())
+            slices[dim][value] = SliceTruth(
+                truth_population=_population(k, k_exposed),
+                true_effects=_effects(
+                    e,
+                    k,
+                    k_exposed,
+                    int(any_watch_cell[members].sum()),
+                    truth.cell_base[e, members].sum(axis=0),
+                    truth.cell_base_exposed[e, members].sum(axis=0),
+                    truth.cell_increment[:, members].sum(axis=1),
+                ),
+            )
+    return _population(n, n_exposed), effects, slices
+
+
+def _heterogeneity(spec: ExperimentSpec) -> dict[str, dict[str, dict[str, Heterogeneity]]]:
+    """Which (variant, metric) effects differ across which dimension, by construction.
+
+    - ``planted``: the term's slice factors differ across the dimension's values.
+    - ``baseline``: a multiplier uniform across the dimension, on a dimension that moves the
+      baseline and the exposure rate (device): the relative lift on exposed members is the
+      same everywhere, but the absolute ITT effect differs with the baseline, and the ITT
+      relative lift with the exposure rate (and with how the exposed share of the value
+      moves with the baseline).
+    - ``none``: no effect, or a multiplier uniform across a dimension that moves nothing
+      (country): the expected ITT effect, absolute and relative, is the same everywhere.
+
+    Device and country are drawn independently, so factors on one dimension never make
+    the other heterogeneous. "Expected" is over the draw of the members: the finite-
+    population truths of the slices of a homogeneous pair still differ a little, because
+    each slice holds different members.
+    """
+    out: dict[str, dict[str, dict[str, Heterogeneity]]] = {}
+    for variant in spec.variants[1:]:
+        out[variant] = {}
+        for metric in (*METRIC_COLUMNS, ANY_WATCH):
+            m = spec.multipliers.get(variant, {}).get(metric)
+            sliced = metric in spec.slice_factors.get(variant, {})
+            factors = spec.factors(variant, metric)
+            by_dim: dict[str, Heterogeneity] = {}
+            for dim in SLICE_DIMENSIONS:
+                if m is None or m == 1.0:
+                    by_dim[dim] = Heterogeneity(False, False, "none")
+                elif sliced and len(set(factors[dim].values())) > 1:
+                    by_dim[dim] = Heterogeneity(True, True, "planted")
+                elif dim in BASELINE_DIMENSIONS:
+                    by_dim[dim] = Heterogeneity(True, True, "baseline")
+                else:
+                    by_dim[dim] = Heterogeneity(False, False, "none")
+            out[variant][metric] = by_dim
+    return out
+
+
+def _heterogeneity_notes(spec: ExperimentSpec) -> list[str]:
+    notes = []
+    for variant, by_col in spec.multipliers.items():
+        for col, m in by_col.items():
+            if col in spec.slice_factors.get(variant, {}):
+                factors = spec.factors(variant, col)
+                listed = "; ".join(
+                    f"{dim} " + ", ".join(f"{value} {f:g}" for value, f in by_value.items())
+                    for dim, by_value in factors.items()
+                )
+                planted = [d for d, f in factors.items() if len(set(f.values())) > 1]
+                notes.append(
+                    f"{variant} x {col}: PLANTED heterogeneity by {' and '.join(planted)}. An "
+                    f"exposed member's multiplier is 1 + {m - 1:g} x f_device x f_country "
+                    f"with factors {listed}; a member with factor 0 is unaffected."
+                )
+            else:
+                notes.append(
+                    f"{variant} x {col}: x{m:g} for every exposed member. Homogeneous by "
+                    "country; by device the absolute ITT effect (and the ITT lift, through "
+                    "the exposure rate) differs because device moves the baseline, while the "
+                    "relative lift on exposed members is the same."
+                )
+    notes.append(
+        "Every other (variant, metric), proportion_any_watch included, has zero effect in "
+        "every slice: homogeneous by construction."
+    )
+    return notes
 
 
 def _day(index: int) -> str:
@@ -710,7 +1010,7 @@ def generate(
 
     experiments = []
     for e, spec in enumerate(EXPERIMENTS):
-        population, effects = _experiment_truth(e, truth, blocks)
+        population, effects, slices = _experiment_truth(e, truth, blocks)
         experiments.append(
             ExperimentManifest(
                 experiment_id=spec.experiment_id,
@@ -732,6 +1032,13 @@ def generate(
                 },
                 truth_population=population,
                 true_effects=effects,
+                slice_factors={
+                    v: {col: spec.factors(v, col) for col in by_col}
+                    for v, by_col in spec.slice_factors.items()
+                },
+                slice_truths=slices,
+                heterogeneity=_heterogeneity(spec),
+                heterogeneity_notes=_heterogeneity_notes(spec),
             )
         )
     manifest = Manifest(
@@ -765,6 +1072,17 @@ def generate(
             "A multiplier m scales a column's expected daily value for exposed members from "
             "their assignment date on: watch_seconds exactly, count columns by an added "
             "Poisson((m-1) x expected count).",
+            "With slice_factors for a (variant, column), an exposed member's multiplier is "
+            "1 + (m-1) x f_device x f_country with the factors of its own device and country; "
+            "multipliers then holds m, the multiplier of a member whose factors are both 1.",
+            "slice_truths[dimension][value] are the same truths over the truth-population "
+            "members with that device or country, from their own potential outcomes. "
+            "heterogeneity[variant][metric][dimension] says whether the true ITT effect "
+            "(absolute, relative) differs across the dimension's values by construction: "
+            "planted (slice factors), baseline (a uniform multiplier: device moves the "
+            "baseline and the exposure rate) or none (zero effect, or country, which moves "
+            "nothing). Slices of a homogeneous pair still differ a little in their "
+            "finite-population truths, because each holds different members.",
             "proportion_any_watch has a true effect of exactly 0: treatments change values on "
             "active days, never whether a member is active.",
         ],

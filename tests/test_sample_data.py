@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,9 @@ def con(sample: Generated) -> duckdb.DuckDBPyConnection:
                MIN(assignment_timestamp)::DATE AS d0,
                COUNT(DISTINCT variant) AS n_variants,
                ARG_MIN(variant, assignment_timestamp) AS variant,
-               ARG_MIN(exposed_flag, assignment_timestamp) AS exposed
+               ARG_MIN(exposed_flag, assignment_timestamp) AS exposed,
+               ARG_MIN(device, assignment_timestamp) AS device,
+               ARG_MIN(country, assignment_timestamp) AS country
         FROM a GROUP BY experiment_id, member_id
         """
     )
@@ -69,13 +71,13 @@ def _window_sums(con: duckdb.DuckDBPyConnection, experiment: str) -> str:
         f"COALESCE(SUM(e.{m}) FILTER (WHERE e.date < u.d0), 0)::DOUBLE AS pre_{m}" for m in METRICS
     )
     return f"""
-        SELECT u.member_id, u.variant, u.exposed, {post}, {pre}
+        SELECT u.member_id, u.variant, u.exposed, u.device, u.country, {post}, {pre}
         FROM units u
         LEFT JOIN e ON e.member_id = u.member_id
             AND e.date BETWEEN u.d0 - INTERVAL 14 DAY AND u.d0 + INTERVAL 6 DAY
         WHERE u.experiment_id = '{experiment}' AND u.n_variants = 1
             AND u.d0 + INTERVAL 6 DAY <= DATE '{DATA_END}'
-        GROUP BY u.member_id, u.variant, u.exposed
+        GROUP BY u.member_id, u.variant, u.exposed, u.device, u.country
     """
 
 
@@ -361,6 +363,27 @@ def test_manifest_format_and_round_trip(sample: Generated) -> None:
         assert abs(sum(exp.weights) - 1) < 1e-12
         for by_metric in exp.true_effects.values():
             assert set(by_metric) == {*METRICS, "proportion_any_watch"}
+        assert {d: list(v) for d, v in exp.slice_truths.items()} == {
+            "device": ["tv", "mobile", "web"],
+            "country": ["US", "BR", "IN", "DE", "JP"],
+        }
+        for by_value in exp.slice_truths.values():
+            for st in by_value.values():
+                assert set(st.true_effects) == set(exp.true_effects)
+                assert all(set(b) == set(by_metric) for b in st.true_effects.values())
+        assert set(exp.heterogeneity) == set(exp.variants[1:])
+        for het in exp.heterogeneity.values():
+            assert set(het) == {*METRICS, "proportion_any_watch"}
+            assert all(set(by_dim) == {"device", "country"} for by_dim in het.values())
+    # A manifest written before slice truths existed still reads.
+    older = {
+        **data,
+        "experiments": [
+            {k: v for k, v in exp.items() if not k.startswith(("slice_", "heterogeneity"))}
+            for exp in data["experiments"]
+        ],
+    }
+    assert Manifest.from_dict(older).experiment("artwork_abc").slice_truths == {}
 
 
 def test_truths_follow_the_multipliers(sample: Generated) -> None:
@@ -378,7 +401,12 @@ def test_truths_follow_the_multipliers(sample: Generated) -> None:
                     assert t.true_itt_abs == 0.0
                     continue
                 lift = multipliers[metric] - 1
-                if metric == "watch_seconds":
+                sliced = metric in exp.slice_factors.get(variant, {})
+                if sliced:
+                    # Members with a factor below 1 get less than the full lift.
+                    assert t.true_effect_on_exposed_rel is not None
+                    assert 0 < t.true_effect_on_exposed_rel < lift
+                elif metric == "watch_seconds":
                     assert t.true_effect_on_exposed_rel == pytest.approx(lift, rel=1e-12)
                 else:  # an added Poisson count: the realised lift is noisy around the target
                     assert t.true_effect_on_exposed_rel == pytest.approx(lift, rel=0.2)
@@ -389,33 +417,265 @@ def test_truths_follow_the_multipliers(sample: Generated) -> None:
                 assert t.true_itt_rel < t.true_effect_on_exposed_rel
 
 
-def test_homepage_watch_truth_reconstructed_exactly(
+def _multiplier_sql(sample: Generated, experiment: str, variant: str, column: str) -> str:
+    """SQL for an exposed member's own multiplier: 1 + (m - 1) x f_device x f_country."""
+    exp = sample.manifest.experiment(experiment)
+    m = exp.multipliers[variant][column]
+    factors = exp.slice_factors.get(variant, {}).get(column)
+    if factors is None:
+        return repr(m)
+
+    def case(dim: str) -> str:
+        whens = " ".join(f"WHEN {dim} = '{v}' THEN {f!r}" for v, f in factors[dim].items())
+        return f"CASE {whens} END"
+
+    return f"(1 + ({m!r} - 1) * {case('device')} * {case('country')})"
+
+
+def _watch_truths_from_tables(
     sample: Generated, con: duckdb.DuckDBPyConnection
-) -> None:
-    """watch_seconds is scaled exactly, so both potential outcomes are recoverable from the
-    tables: the untreated value of an exposed treatment member is its value / multiplier."""
-    exp = sample.manifest.experiment("homepage_ranking_v2")
-    m = exp.multipliers["treatment"]["watch_seconds"]
-    n, n_exposed, y0, y0_exposed = con.execute(
+) -> dict[tuple[str, str | None], tuple[Any, ...]]:
+    """(dimension, value) -> (members, exposed, sum Y0, sum Y0 of exposed, sum Y1 - Y0) of
+    homepage watch_seconds, from the tables; ("all", None) is the whole truth population.
+
+    watch_seconds is scaled exactly, so both potential outcomes are recoverable: the
+    untreated value of an exposed treatment member is its value / its own multiplier, and
+    every exposed member's treated value is its untreated one times that multiplier."""
+    mult = _multiplier_sql(sample, "homepage_ranking_v2", "treatment", "watch_seconds")
+    rows = con.execute(
         f"""
         WITH w AS ({_window_sums(con, "homepage_ranking_v2")}),
         y AS (
-            SELECT exposed,
-                   CASE WHEN variant = 'treatment' AND exposed THEN watch_seconds / {m}
-                        ELSE watch_seconds END AS y0
+            SELECT device, country, exposed,
+                   CASE WHEN variant = 'treatment' AND exposed THEN watch_seconds / {mult}
+                        ELSE watch_seconds END AS y0,
+                   {mult} - 1 AS lift
             FROM w
         )
-        SELECT COUNT(*), COUNT(*) FILTER (WHERE exposed), SUM(y0), SUM(y0) FILTER (WHERE exposed)
-        FROM y
+        SELECT device, country, GROUPING(device), GROUPING(country),
+               COUNT(*), COUNT(*) FILTER (WHERE exposed), SUM(y0),
+               SUM(y0) FILTER (WHERE exposed), SUM(lift * y0) FILTER (WHERE exposed)
+        FROM y GROUP BY GROUPING SETS ((), (device), (country))
         """
-    ).fetchone()
+    ).fetchall()
+    out: dict[tuple[str, str | None], tuple[Any, ...]] = {}
+    for device, country, no_device, no_country, *sums in rows:
+        key = ("all", None) if no_device and no_country else (
+            ("device", device) if not no_device else ("country", country)
+        )  # fmt: skip
+        out[key] = tuple(sums)
+    return out
+
+
+def test_homepage_watch_truth_reconstructed_exactly(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    exp = sample.manifest.experiment("homepage_ranking_v2")
+    n, n_exposed, y0, y0_exposed, inc = _watch_truths_from_tables(sample, con)[("all", None)]
     truth = exp.true_effects["treatment"]["watch_seconds"]
     assert exp.truth_population["members"] == n
     assert exp.truth_population["exposed_members"] == n_exposed
     assert truth.control_mean == pytest.approx(y0 / n, rel=1e-9)
-    assert truth.true_itt_abs == pytest.approx((m - 1) * y0_exposed / n, rel=1e-9)
-    assert truth.true_itt_rel == pytest.approx((m - 1) * y0_exposed / y0, rel=1e-9)
-    assert truth.true_effect_on_exposed_abs == pytest.approx((m - 1) * y0_exposed / n_exposed)
+    assert truth.true_itt_abs == pytest.approx(inc / n, rel=1e-9)
+    assert truth.true_itt_rel == pytest.approx(inc / y0, rel=1e-9)
+    assert truth.control_mean_exposed == pytest.approx(y0_exposed / n_exposed, rel=1e-9)
+    assert truth.true_effect_on_exposed_abs == pytest.approx(inc / n_exposed, rel=1e-9)
+    assert truth.true_effect_on_exposed_rel == pytest.approx(inc / y0_exposed, rel=1e-9)
+
+
+def test_homepage_slice_truths_reconstructed_exactly(
+    sample: Generated, con: duckdb.DuckDBPyConnection
+) -> None:
+    """Every device's and country's watch_seconds truth, recomputed from both potential
+    outcomes of its members; the zero-effect metrics' slices from the observed values."""
+    exp = sample.manifest.experiment("homepage_ranking_v2")
+    factors = exp.slice_factors.get("treatment", {}).get("watch_seconds", {})
+    from_tables = _watch_truths_from_tables(sample, con)
+    assert set(exp.slice_truths) == {"device", "country"}
+    assert list(exp.slice_truths["device"]) == ["tv", "mobile", "web"]
+    assert list(exp.slice_truths["country"]) == ["US", "BR", "IN", "DE", "JP"]
+    for dim, by_value in exp.slice_truths.items():
+        for value, st in by_value.items():
+            n, n_exposed, y0, y0_exposed, inc = from_tables[(dim, value)]
+            assert st.truth_population["members"] == n
+            assert st.truth_population["exposed_members"] == n_exposed
+            t = st.true_effects["treatment"]["watch_seconds"]
+            assert t.control_mean == pytest.approx(y0 / n, rel=1e-9)
+            assert t.control_mean_exposed == pytest.approx(y0_exposed / n_exposed, rel=1e-9)
+            assert t.true_effect_on_exposed_abs == pytest.approx(inc / n_exposed, rel=1e-9)
+            assert t.true_itt_rel == pytest.approx(inc / y0, rel=1e-9)
+            if factors.get(dim, {}).get(value) == 0.0:
+                assert t.true_itt_abs == 0.0 and t.true_itt_rel == 0.0  # planted: no effect
+            else:
+                assert t.true_itt_abs == pytest.approx(inc / n, rel=1e-9)
+                assert t.true_itt_abs is not None and t.true_itt_abs > 0
+
+    # plays, errors and the share with any watch have no effect in homepage: the observed
+    # values are the untreated ones, so each slice's control mean is the observed mean.
+    for dim in ("device", "country"):
+        rows = con.execute(
+            f"""
+            WITH w AS ({_window_sums(con, "homepage_ranking_v2")})
+            SELECT {dim}, AVG(plays), AVG(errors), AVG((watch_seconds > 0)::DOUBLE)
+            FROM w GROUP BY {dim}
+            """
+        ).fetchall()
+        for value, plays, errors, any_watch in rows:
+            effects = exp.slice_truths[dim][value].true_effects["treatment"]
+            for metric, mean in (
+                ("plays", plays),
+                ("errors", errors),
+                ("proportion_any_watch", any_watch),
+            ):
+                assert effects[metric].control_mean == pytest.approx(mean, rel=1e-9)
+                assert effects[metric].true_itt_abs == 0.0
+
+
+def test_slice_truths_add_up_to_the_whole(sample: Generated) -> None:
+    """Each dimension partitions the truth population: member-weighted slice truths add up
+    to the experiment's, for every experiment, variant and metric."""
+    for exp in sample.manifest.experiments:
+        for dim, by_value in exp.slice_truths.items():
+            slices = list(by_value.values())
+            for key in ("members", "exposed_members"):
+                assert sum(s.truth_population[key] for s in slices) == exp.truth_population[key]
+            for variant, by_metric in exp.true_effects.items():
+                for metric, whole in by_metric.items():
+                    for field_name, weight in (
+                        ("control_mean", "members"),
+                        ("true_itt_abs", "members"),
+                        ("true_effect_on_exposed_abs", "exposed_members"),
+                    ):
+                        total = sum(
+                            s.truth_population[weight]
+                            * (getattr(s.true_effects[variant][metric], field_name) or 0.0)
+                            for s in slices
+                        )
+                        want = exp.truth_population[weight] * (getattr(whole, field_name) or 0.0)
+                        assert total == pytest.approx(want, rel=1e-9, abs=1e-9), (
+                            exp.experiment_id, dim, variant, metric, field_name,
+                        )  # fmt: skip
+
+
+def test_heterogeneity_is_stated_where_planted_and_only_there(sample: Generated) -> None:
+    exp = sample.manifest.experiment("homepage_ranking_v2")
+    het = exp.heterogeneity["treatment"]
+    assert exp.slice_factors == {
+        "treatment": {
+            "watch_seconds": {
+                "device": {"tv": 1.0, "mobile": 0.0, "web": 0.0},
+                "country": {"US": 1.0, "BR": 1.0, "IN": 1.0, "DE": 1.0, "JP": 0.0},
+            }
+        }
+    }
+    assert {dim: h.source for dim, h in het["watch_seconds"].items()} == {
+        "device": "planted",
+        "country": "planted",
+    }
+    # A uniform multiplier: absolute effects follow device baselines; country moves nothing.
+    assert (het["sessions"]["device"].absolute, het["sessions"]["device"].source) == (
+        True,
+        "baseline",
+    )
+    assert not het["sessions"]["country"].absolute and not het["sessions"]["country"].relative
+    for metric in ("plays", "errors", "proportion_any_watch"):
+        assert all(not h.absolute and h.source == "none" for h in het[metric].values())
+    # The other experiments have no slice factors: only device baselines make them differ.
+    for other in sample.manifest.experiments[1:]:
+        assert other.slice_factors == {}
+        for by_metric in other.heterogeneity.values():
+            for by_dim in by_metric.values():
+                assert by_dim["country"].source == "none" and not by_dim["country"].absolute
+                assert by_dim["device"].source in ("baseline", "none")
+    assert any("PLANTED" in note for note in exp.heterogeneity_notes)
+    # The overall lift stays about what a uniform x1.05 on the exposed gave (3.9%), while
+    # tv carries the whole of it: about twice the overall absolute effect.
+    watch = exp.true_effects["treatment"]["watch_seconds"]
+    tv = exp.slice_truths["device"]["tv"].true_effects["treatment"]["watch_seconds"]
+    assert watch.true_itt_rel is not None and 0.03 < watch.true_itt_rel < 0.05
+    assert tv.true_effect_on_exposed_rel is not None and 0.07 < tv.true_effect_on_exposed_rel < 0.09
+
+
+def test_slice_factors_change_only_the_scaled_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slice factors change the values of their own term and nothing else: generated again
+    with every term unsliced, every other column and experiment is bit-identical."""
+    generate(tmp_path / "sliced", members=3_000, seed=5)
+    plain = tuple(replace(term, cell_factor=None) for term in gen_module._TERMS)
+    monkeypatch.setattr(gen_module, "_TERMS", plain)
+    generate(tmp_path / "plain", members=3_000, seed=5)
+    (a_sliced, d_sliced), (a_plain, d_plain) = (
+        _tables(tmp_path / "sliced"),
+        _tables(tmp_path / "plain"),
+    )
+    assert a_sliced.equals(a_plain)
+    assert d_sliced.drop_columns(["watch_seconds"]).equals(d_plain.drop_columns(["watch_seconds"]))
+    con = duckdb.connect()
+    con.register("a", a_sliced)
+    con.register("s", d_sliced)
+    con.register("p", d_plain)
+    changed = con.execute(
+        """
+        SELECT DISTINCT a.experiment_id, a.variant, a.exposed_flag, s.date >= a.assignment_timestamp::DATE
+        FROM s JOIN p USING (member_id, date) JOIN a USING (member_id)
+        WHERE s.watch_seconds <> p.watch_seconds
+        """
+    ).fetchall()
+    assert changed == [("homepage_ranking_v2", "treatment", True, True)]
+
+
+def test_spec_rejects_bad_slice_factors() -> None:
+    spec = gen_module.ExperimentSpec
+    base = ("x", 0.5, ("control", "treatment"), (0.5, 0.5), {"treatment": {"plays": 1.1}})
+    with pytest.raises(ValueError, match="no multiplier"):
+        spec(*base, slice_factors={"treatment": {"errors": {"device": {"tv": 0.0}}}})
+    with pytest.raises(ValueError, match="unknown dimension"):
+        spec(*base, slice_factors={"treatment": {"plays": {"plan": {"tv": 0.0}}}})
+    with pytest.raises(ValueError, match="unknown device values"):
+        spec(*base, slice_factors={"treatment": {"plays": {"device": {"tablet": 0.0}}}})
+    for bad in (-1.0, 1.5):
+        with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+            spec(*base, slice_factors={"treatment": {"plays": {"country": {"JP": bad}}}})
+
+
+def test_a_sliced_count_term_changes_its_own_values_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count term's factors thin its increment from a stream of its own: the shared daily
+    stream, hence every other term and experiment, is untouched."""
+    generate(tmp_path / "plain", members=3_000, seed=5)
+    no_tv = np.outer([0.0, 1.0, 1.0], np.ones(5))
+    terms = tuple(
+        replace(term, cell_factor=no_tv)
+        if (term.experiment, term.variant, term.column) == (1, 1, "plays")  # artwork a
+        else term
+        for term in gen_module._TERMS
+    )
+    assert any(term.cell_factor is not None and term.experiment == 1 for term in terms)
+    monkeypatch.setattr(gen_module, "_TERMS", terms)
+    manifest = generate(tmp_path / "sliced", members=3_000, seed=5)
+    (a_plain, d_plain), (a_sliced, d_sliced) = (
+        _tables(tmp_path / "plain"),
+        _tables(tmp_path / "sliced"),
+    )
+    assert a_sliced.equals(a_plain)
+    assert d_sliced.drop_columns(["plays"]).equals(d_plain.drop_columns(["plays"]))
+    con = duckdb.connect()
+    con.register("a", a_sliced)
+    con.register("s", d_sliced)
+    con.register("p", d_plain)
+    changed = con.execute(
+        """
+        SELECT a.experiment_id, a.variant, a.device, a.exposed_flag,
+               s.date >= a.assignment_timestamp::DATE, BOOL_AND(s.plays < p.plays)
+        FROM s JOIN p USING (member_id, date) JOIN a USING (member_id)
+        WHERE s.plays <> p.plays GROUP BY ALL
+        """
+    ).fetchall()
+    assert changed == [("artwork_abc", "treatment_a", "tv", True, True, True)]
+    tv = manifest.experiment("artwork_abc").slice_truths["device"]["tv"]
+    assert tv.true_effects["treatment_a"]["plays"].true_itt_abs == 0.0
 
 
 def _cuped_lift(rows: list[tuple[Any, ...]], treatment: str) -> tuple[float, float, float]:
