@@ -78,6 +78,7 @@ def row(rows: list[dict], population: str, metric: str, variant: str = "treatmen
         r
         for r in rows
         if (r["population"], r["metric"], r["variant"]) == (population, metric, variant)
+        and r["slice_dimension"] == "(all)"
     ]
     return match
 

@@ -134,14 +134,27 @@ def expected_charts(out: Path) -> dict[str, list[tuple[str, str, int]]]:
         charts[f"{anchor}-history"] = series
         cuts = [r for r in rows if r.get("slice_dimension") not in (None, "(all)")]
         for i, dimension in enumerate(dict.fromkeys(r["slice_dimension"] for r in cuts)):
-            charts[f"{anchor}-slices-{i}"] = [
+            mine = [r for r in cuts if r["slice_dimension"] == dimension]
+            traces = [
                 (
-                    "itt",
+                    p,
                     v,
-                    sum(1 for r in cuts if (r["slice_dimension"], r["variant"]) == (dimension, v)),
+                    sum(
+                        1
+                        for r in mine
+                        if (r["population"], r["variant"]) == (p, v) and r["rel_lift"] is not None
+                    ),
                 )
+                for p in ("itt", "tot", "cace")
+                if any(r["population"] == p for r in mine)
                 for v in variants
             ]
+            guarded = {
+                (r["metric"], r["slice_value"]) for r in mine if r["guardrail_margin"] is not None
+            }
+            if guarded:
+                traces.append(("*", "non-inferiority margin", 2 * len(guarded)))
+            charts[f"{anchor}-slices-{i}"] = traces
     return charts
 
 

@@ -165,7 +165,7 @@ def test_slice_p_values_are_bh_adjusted_within_their_family(sliced) -> None:
 
 
 def test_slices_never_change_the_experiments_own_rows(sample_dir: Path, sliced) -> None:
-    plain = _run(sample_dir / "experiments.toml").scorecard.to_pandas()
+    plain = _run(sample_dir / "experiments.toml", slices=[]).scorecard.to_pandas()
     overall = sliced[sliced.slice_dimension == "(all)"].reset_index(drop=True)
     assert len(overall) == len(plain)
     volatile = {"computed_at", "sql_sha256", "rows_read", "run_id"}
@@ -511,3 +511,32 @@ def test_discovery_is_bh_across_every_slice_of_the_metric(world) -> None:
     north = rows[(rows.slice_dimension == "region") & (rows.slice_value == "north")].iloc[0]
     rest = rows[(rows.slice_dimension == "region") & (rows.slice_value != "north")]
     assert north.vs_rest_abs_effect > 0 and north.abs_effect > rest.abs_effect.max()
+
+
+def test_sample_heterogeneity_found_where_planted_and_not_elsewhere(sliced, sample_dir) -> None:
+    """The sample's watch-time lift is planted on tv members (outside JP); errors have no
+    effect at all and sessions a uniform one across countries (manifest.json)."""
+    import json
+
+    manifest = json.loads((sample_dir / "manifest.json").read_text())
+    (spec,) = [e for e in manifest["experiments"] if e["experiment_id"] == EXPERIMENT]
+    planted = spec["heterogeneity"]["treatment"]
+    assert planted["watch_seconds"]["device"]["source"] == "planted"
+    itt = sliced[sliced.population == "itt"]
+
+    def dimension(metric: str, name: str) -> pd.DataFrame:
+        return itt[(itt.metric == metric) & (itt.slice_dimension == name)]
+
+    watch = dimension("watch_seconds", "device").set_index("slice_value")
+    assert watch.heterogeneity_p_value.iloc[0] < 0.01
+    assert watch.loc["tv", "vs_rest_p_value_adjusted"] < 0.05
+    assert watch.loc["tv", "vs_rest_abs_effect"] > 0
+    truths = spec["slice_truths"]["device"]
+    for device, row in watch.iterrows():
+        truth = truths[device]["true_effects"]["treatment"]["watch_seconds"]["true_itt_abs"]
+        assert row.abs_ci_low <= truth <= row.abs_ci_high, device
+    for metric, name in (("errors", "device"), ("errors", "country"), ("sessions", "country")):
+        assert not planted[metric][name]["absolute"]
+        rows = dimension(metric, name)
+        assert rows.heterogeneity_p_value.iloc[0] > 0.05, (metric, name)
+        assert (rows.vs_rest_p_value_adjusted > 0.05).all(), (metric, name)

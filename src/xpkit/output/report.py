@@ -193,6 +193,26 @@ def srm_counts(detail: str) -> list[SrmRow]:
     return [SrmRow(v, units, obs, exp, exp * total) for v, units, obs, exp in found]
 
 
+def _fold_slice_checks(checks: list[Row]) -> list[Row]:
+    """The per-slice SRM checks as one row (with the failed ones kept in full): a
+    breakdown by 40 values would otherwise bury the experiment's own checks."""
+    per_slice = [c for c in checks if str(c["name"]).startswith("srm_slice:")]
+    if not per_slice:
+        return checks
+    passed = [c for c in per_slice if c["passed"]]
+    summary = dict(
+        per_slice[0],
+        name="srm per slice",
+        value=float(len(passed)),
+        threshold=None,
+        passed=len(passed) == len(per_slice),
+        gate=False,
+        detail=f"{len(passed)} of {len(per_slice)} slice values split as configured; a failed "
+        "one invalidates that slice's rows only",
+    )
+    return [c for c in checks if not (c in per_slice and c["passed"])] + [summary]
+
+
 def _srm(checks: Sequence[Row]) -> list[SrmTable]:
     tables = [SrmTable(c, tuple(srm_counts(c["detail"] or ""))) for c in checks]
     return [s for s in tables if s.rows]
@@ -301,7 +321,7 @@ def experiment_page(run: PublishedRun, anchor: str) -> ExperimentPage:
     """Everything the page shows of one published run."""
     m = run.manifest
     rows, slice_rows = _overall(run.scorecard)
-    checks = run.checks.to_pylist()
+    checks = _fold_slice_checks(run.checks.to_pylist())
     first = rows[0] if rows else None
     valid = bool(first["valid"]) if first else False
     withheld = not valid and all(r.get(c) is None for r in rows for c in EFFECT_COLUMNS)
