@@ -18,6 +18,13 @@ from xpkit.stats.quantile_bins import (
     bin_values,
     gamma_of,
 )
+from xpkit.stats.quantiles import (
+    bootstrap_quantiles,
+    design_effect,
+    quantile_bootstrap,
+    quantile_clustered,
+    quantile_woodruff,
+)
 
 SLACK = 1 + 1e-12  # the bound holds to floating-point rounding (quantile_bins docstring)
 Z = float(stats.norm.isf(0.025))
@@ -193,3 +200,245 @@ def test_event_histogram_contract_runs_as_one_sql_statement_per_cell() -> None:
     assert astuple(merged)[4:] == astuple(ref)[4:]
     for got, want in zip(astuple(merged)[:4], astuple(ref)[:4], strict=True):
         assert np.array_equal(got, want)
+
+
+# -- unit level ----------------------------------------------------------------------------
+
+
+def _raw_rank_interval(values: np.ndarray, q: float) -> tuple[float, float, float]:
+    """Point estimate and order-statistic interval F^-1(q -/+ z sqrt(q(1-q)/n)) on raw data."""
+    s = np.sort(values)
+    half = Z * math.sqrt(q * (1 - q) / s.size)
+
+    def at(p: float) -> float:
+        return float(s[min(max(math.ceil(p * s.size), 1), s.size) - 1])
+
+    return at(q), at(q - half), at(q + half)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.95])
+def test_woodruff_is_the_raw_order_statistic_interval_within_the_bin_error(q: float) -> None:
+    rng = np.random.default_rng(8)
+    eps = 1e-3
+    control, treatment = rng.lognormal(0, 1, 3000), rng.pareto(2.0, 4000) + 1.0
+    eff = quantile_woodruff(Histogram.from_values(control), Histogram.from_values(treatment), q)
+    assert eff.method == "quantile_woodruff" and (eff.n_control, eff.n_treatment) == (3000, 4000)
+    ses = []
+    for values, estimate, se in (
+        (control, eff.mean_control, eff.extra["se_control"]),
+        (treatment, eff.mean_treatment, eff.extra["se_treatment"]),
+    ):
+        point, low, high = _raw_rank_interval(values, q)
+        assert abs(estimate - point) <= eps * abs(point) * SLACK
+        assert estimate == pytest.approx(np.quantile(values, q, method="inverted_cdf"), rel=eps)
+        # Each end of the interval moves by at most eps of itself.
+        ses.append((high - low) / (2 * Z))
+        assert abs(se - ses[-1]) <= eps * (abs(low) + abs(high)) / (2 * Z) * SLACK
+    assert eff.abs_se == pytest.approx(
+        math.hypot(eff.extra["se_control"], eff.extra["se_treatment"])
+    )
+    assert eff.abs_se == pytest.approx(math.hypot(*ses), rel=0.05)
+    assert eff.abs_effect == eff.mean_treatment - eff.mean_control
+    assert eff.rel_lift == pytest.approx(eff.abs_effect / eff.mean_control)
+    assert (eff.abs_ci_low, eff.abs_ci_high) == pytest.approx(
+        (eff.abs_effect - Z * eff.abs_se, eff.abs_effect + Z * eff.abs_se)
+    )
+    assert eff.extra["q"] == q and eff.extra["bin_error"] == pytest.approx(
+        eps * (eff.mean_control + eff.mean_treatment)
+    )
+
+
+def _coverage(intervals: list[tuple[float, float]], truth: float) -> float:
+    return float(np.mean([low <= truth <= high for low, high in intervals]))
+
+
+def test_woodruff_covers_in_a_quick_simulation() -> None:
+    """300 experiments (Monte-Carlo s.e. 1.3 points): an interval half or twice as wide as
+    it should be (a density off by 2) covers ~68% or ~99.99% and fails."""
+    rng = np.random.default_rng(9)
+    q, n = 0.9, 2000
+    truth = 0.05 * math.exp(stats.norm.ppf(q))
+    intervals = []
+    for _ in range(300):
+        hc = Histogram.from_values(rng.lognormal(0, 1, n))
+        ht = Histogram.from_values(rng.lognormal(0, 1, n) * 1.05)
+        eff = quantile_woodruff(hc, ht, q)
+        intervals.append((eff.abs_ci_low, eff.abs_ci_high))
+    assert 0.915 <= _coverage(intervals, truth) <= 0.985
+
+
+def test_bootstrap_is_bit_identical_for_identical_inputs() -> None:
+    rng = np.random.default_rng(10)
+    values_c, values_t = rng.lognormal(0, 1, 2000), rng.lognormal(0.02, 1, 2500)
+    first = quantile_bootstrap(
+        Histogram.from_values(values_c), Histogram.from_values(values_t), 0.9
+    )
+    again = quantile_bootstrap(
+        Histogram.from_values(values_c), Histogram.from_values(values_t), 0.9
+    )
+    assert first.method == "quantile_bootstrap"
+    assert repr(first) == repr(again)  # every field, to the last bit
+    other = quantile_bootstrap(
+        Histogram.from_values(values_c), Histogram.from_values(values_t), 0.9, seed=1
+    )
+    assert other.abs_se != first.abs_se
+    assert other.abs_se == pytest.approx(first.abs_se, rel=0.15)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.95])
+def test_bootstrap_of_the_histogram_is_the_bootstrap_of_the_units(q: float) -> None:
+    """Poisson counts per bin against resampling the raw values (2000 replicates each):
+    bootstrap standard errors agree to their Monte-Carlo error, and with woodruff's."""
+    rng = np.random.default_rng(11)
+    control, treatment = rng.lognormal(0, 1, 3000), rng.lognormal(0, 1, 3000)
+    hc, ht = Histogram.from_values(control), Histogram.from_values(treatment)
+    eff = quantile_bootstrap(hc, ht, q, replicates=2000)
+    raw = [
+        np.quantile(v[rng.integers(0, v.size, (2000, v.size))], q, axis=1, method="inverted_cdf")
+        for v in (control, treatment)
+    ]
+    assert eff.abs_se == pytest.approx(float(np.std(raw[1] - raw[0], ddof=1)), rel=0.08)
+    assert eff.extra["se_control"] == pytest.approx(float(np.std(raw[0], ddof=1)), rel=0.08)
+    assert eff.abs_se == pytest.approx(quantile_woodruff(hc, ht, q).abs_se, rel=0.15)
+    # The replicates themselves, not only their spread: same centre as the raw bootstrap's.
+    draws = bootstrap_quantiles(hc, q, 2000, np.random.default_rng(0))
+    se = eff.extra["se_control"]
+    assert abs(float(np.mean(draws)) - float(np.mean(raw[0]))) < 0.15 * se
+    assert eff.mean_control == hc.quantile(q) and eff.abs_effect == ht.quantile(q) - hc.quantile(q)
+
+
+def test_bootstrap_covers_in_a_quick_simulation() -> None:
+    rng = np.random.default_rng(12)
+    q, n = 0.5, 2000
+    intervals = []
+    for _ in range(150):
+        hc = Histogram.from_values(rng.pareto(2.0, n) + 1.0)
+        ht = Histogram.from_values((rng.pareto(2.0, n) + 1.0) * 1.03)
+        eff = quantile_bootstrap(hc, ht, q, replicates=500)
+        intervals.append((eff.abs_ci_low, eff.abs_ci_high))
+    assert 0.90 <= _coverage(intervals, 0.03 * math.sqrt(2.0)) <= 0.99
+
+
+def test_relative_lift_is_dropped_when_the_control_quantile_is_not_away_from_zero() -> None:
+    rng = np.random.default_rng(13)
+    control, treatment = rng.standard_t(3, 2000), rng.standard_t(3, 2000) + 0.2
+    hc, ht = Histogram.from_values(control), Histogram.from_values(treatment)
+    for estimator in (quantile_woodruff, quantile_bootstrap):
+        assert estimator(hc, ht, 0.5).rel_lift is None  # median ~0
+        eff = estimator(hc, ht, 0.95)  # ~2.35: the lift is defined
+        assert eff.rel_lift == pytest.approx(eff.abs_effect / abs(eff.mean_control))
+        assert eff.rel_ci_low is not None and eff.rel_ci_low < eff.rel_lift < eff.rel_ci_high
+
+
+def test_degenerate_inputs_give_nan_not_errors() -> None:
+    empty = Histogram.from_values(np.zeros(0))
+    some = Histogram.from_values(np.arange(1.0, 101.0))
+    constant = Histogram.from_values(np.full(50, 7.0))
+    for estimator in (quantile_woodruff, quantile_bootstrap):
+        eff = estimator(empty, some, 0.5)
+        assert math.isnan(eff.abs_effect) and math.isnan(eff.p_value) and eff.n_control == 0
+        eff = estimator(constant, constant, 0.5)
+        assert eff.abs_effect == 0.0 and math.isnan(eff.p_value) and math.isnan(eff.abs_ci_low)
+        with pytest.raises(ValueError, match="quantile level"):
+            estimator(some, some, 1.0)
+        with pytest.raises(ValueError, match="eps"):
+            estimator(some, Histogram.from_values(np.arange(5.0), 1e-2), 0.5)
+
+
+# -- event level ---------------------------------------------------------------------------
+
+
+def test_design_effect_is_the_delta_method_variance_of_the_empirical_cdf() -> None:
+    """At a bin edge, Var F(b) from the histogram columns equals the ratio delta method on
+    the per-unit counts S_u(b), N_u (ddof 1, as xpkit.stats.ratio)."""
+    rng = np.random.default_rng(14)
+    units, values = _clustered(rng, 800)
+    hist = EventHistogram.from_events(units, values)
+    keys = bin_keys(values)
+    n_u = np.bincount(units).astype(float)
+    total = n_u.sum()
+    for b in (hist.keys.size // 10, hist.keys.size // 2, (9 * hist.keys.size) // 10):
+        s_u = np.bincount(units, weights=(keys <= hist.keys[b]).astype(float))
+        f = s_u.sum() / total
+        linearised = (s_u - f * n_u) / n_u.mean()
+        var_f = linearised.var(ddof=1) / n_u.size
+        assert design_effect(hist, f) == pytest.approx(var_f / (f * (1 - f) / total), rel=1e-9)
+
+
+def test_one_event_per_unit_is_the_unit_level_interval() -> None:
+    rng = np.random.default_rng(15)
+    values_c, values_t = rng.lognormal(0, 1, 5000), rng.lognormal(0, 1, 5000)
+    events = [EventHistogram.from_events(np.arange(v.size), v) for v in (values_c, values_t)]
+    units = [Histogram.from_values(v) for v in (values_c, values_t)]
+    for q in (0.5, 0.9):
+        clustered = quantile_clustered(events[0], events[1], q)
+        unit = quantile_woodruff(units[0], units[1], q)
+        assert clustered.method == "quantile_clustered"
+        assert clustered.abs_effect == unit.abs_effect
+        assert clustered.extra["design_effect_control"] == pytest.approx(1.0, abs=0.002)
+        assert clustered.abs_se == pytest.approx(unit.abs_se, rel=0.02)
+
+
+def test_clustered_point_estimate_is_within_eps_of_numpy_over_all_events() -> None:
+    rng = np.random.default_rng(16)
+    arms = [_clustered(rng, 1500), _clustered(rng, 1500, 0.97)]
+    hists = [EventHistogram.from_events(u, v) for u, v in arms]
+    for q in (0.5, 0.9, 0.95, 0.99):
+        eff = quantile_clustered(hists[0], hists[1], q)
+        for (_, values), estimate in zip(arms, (eff.mean_control, eff.mean_treatment), strict=True):
+            ref = float(np.quantile(values, q, method="inverted_cdf"))
+            assert abs(estimate - ref) <= 1e-3 * ref * SLACK
+        assert eff.n_control == 1500 and eff.extra["events_control"] == arms[0][0].size
+
+
+def test_clustered_covers_where_the_iid_interval_does_not() -> None:
+    """200 experiments of units with very different event counts: the clustered interval
+    covers (Monte-Carlo s.e. 1.5 points); the same rank interval treating events as
+    independent covers ~65% at the median (design effect ~5) and fails the bound."""
+    rng = np.random.default_rng(17)
+    q, n = 0.5, 1000
+    # The true median of events, by quadrature (bench/quantile_coverage.py:event_truth).
+    truth = -0.03 * 77.564
+    clustered, naive, deffs = [], [], []
+    for _ in range(200):
+        hc = EventHistogram.from_events(*_clustered(rng, n))
+        ht = EventHistogram.from_events(*_clustered(rng, n, 0.97))
+        eff = quantile_clustered(hc, ht, q)
+        clustered.append((eff.abs_ci_low, eff.abs_ci_high))
+        deffs.append(eff.extra["design_effect_control"])
+        iid = quantile_woodruff(hc.as_histogram(), ht.as_histogram(), q)
+        naive.append((iid.abs_ci_low, iid.abs_ci_high))
+    assert 0.92 <= _coverage(clustered, truth) <= 0.985
+    assert _coverage(naive, truth) < 0.85
+    assert 3.0 < float(np.mean(deffs)) < 7.0
+
+
+def test_clustered_interval_matches_a_cluster_bootstrap_of_the_raw_rows() -> None:
+    """One data set: the histogram interval's standard error is within 12% of a cluster
+    (Poisson weights per unit) bootstrap's on the raw events (1000 replicates)."""
+    rng = np.random.default_rng(18)
+    arms = [_clustered(rng, 3000), _clustered(rng, 3000, 0.97)]
+    hists = [EventHistogram.from_events(u, v) for u, v in arms]
+    draws = []
+    for units, values in arms:
+        order = np.argsort(values, kind="stable")
+        sorted_values, sorted_units = values[order], units[order]
+        arm = []
+        for _ in range(1000):
+            cumulative = np.cumsum(rng.poisson(1.0, units.max() + 1)[sorted_units])
+            rank = max(math.ceil(0.9 * cumulative[-1]), 1)
+            arm.append(sorted_values[np.searchsorted(cumulative, rank)])
+        draws.append(np.array(arm))
+    eff = quantile_clustered(hists[0], hists[1], 0.9)
+    assert eff.abs_se == pytest.approx(float(np.std(draws[1] - draws[0], ddof=1)), rel=0.12)
+    assert eff.extra["se_control"] == pytest.approx(float(np.std(draws[0], ddof=1)), rel=0.12)
+
+
+def test_clustered_degenerate_inputs_give_nan() -> None:
+    empty = EventHistogram.from_events(np.zeros(0, int), np.zeros(0))
+    one_unit = EventHistogram.from_events(np.zeros(5, int), np.arange(5.0))
+    some = EventHistogram.from_events(np.arange(100) % 10, np.arange(100.0))
+    for control in (empty, one_unit):
+        eff = quantile_clustered(control, some, 0.5)
+        assert math.isnan(eff.p_value) and math.isnan(eff.abs_se)
+    assert math.isnan(quantile_clustered(empty, some, 0.5).abs_effect)
