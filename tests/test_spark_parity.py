@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from tests.test_compile import DATES, EXPERIMENT, METRICS, Daily, tiny  # noqa: F401
@@ -59,7 +60,25 @@ class FixedCapSessions(Metric):
     cap = 2.5
 
 
-TINY_METRICS = [*METRICS, PooledCapSessions, FixedCapSessions]
+class SessionsP75(Metric):
+    """Unit-level quantile: the histogram of per-unit values, by bin key."""
+
+    source = Daily
+    expression = "SUM(sessions)"
+    kind = "quantile"
+    quantile = 0.75
+
+
+class SessionRowsMedian(Metric):
+    """Event-level quantile: window functions over (unit, bin) counts."""
+
+    source = Daily
+    value = "sessions * 1.5"
+    kind = "quantile"
+    quantile = 0.5
+
+
+TINY_METRICS = [*METRICS, PooledCapSessions, FixedCapSessions, SessionsP75, SessionRowsMedian]
 
 
 # --------------------------------------------------------------------------------------
@@ -152,8 +171,10 @@ def test_tiny_moments_columns_match(tiny: DuckDBEngine, tiny_spark: Engine) -> N
     expected = tiny.query(statements["duckdb"].sql)
     actual = tiny_spark.query(statements["spark"].sql)
     # One row per cell: control 01-10 exposed, 01-11 not; treatment 01-10 exposed, 01-12
-    # not, 01-13 exposed (window incomplete); the multi-variant unit on 01-10.
-    assert expected.num_rows == 6
+    # not, 01-13 exposed (window incomplete); the multi-variant unit on 01-10. Then the two
+    # quantile metrics' histogram rows (cell x bin key).
+    assert pa.compute.sum(pa.compute.is_null(expected.column("xp_part"))).as_py() == 6
+    assert expected.num_rows > 6
     assert_same_table(expected, actual)
     layout = statements["duckdb"].layout
     assert layout is not None

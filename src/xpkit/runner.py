@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -34,7 +35,12 @@ from xpkit.compile.statements import (
     compile_probe,
 )
 from xpkit.config import ExperimentConfig, LoadedConfig, UnitAttributes, slice_dimensions
-from xpkit.decide.analysis import MetricInfo, analyse
+from xpkit.decide.analysis import (
+    MetricInfo,
+    analyse,
+    quantile_distributions,
+    quantile_effects,
+)
 from xpkit.decide.decision import decide
 from xpkit.decide.health import (
     data_checks,
@@ -72,10 +78,12 @@ from xpkit.output.tables import (
     build_scorecard,
 )
 from xpkit.readout import (
+    HistogramRows,
     MomentsTable,
     assignment_counts,
     daily_counts,
     read_cells,
+    read_histograms,
     read_history,
     read_moments,
     read_slice_cells,
@@ -107,9 +115,20 @@ def resolve_metrics(
     if names is not None:
         return registry.resolve(names)
     try:
-        return registry.resolve(experiment.all_metrics)
+        metrics = registry.resolve(experiment.all_metrics)
     except MetricDefinitionError as err:
         raise ConfigError(f"{config.path}: experiment[{experiment_id}].metrics: {err}") from None
+    sequential = [
+        m.name for m in metrics if m.kind == "quantile" and m.name in experiment.primary_metrics
+    ]
+    if sequential and experiment.stopping_rule != "fixed_horizon":
+        raise ConfigError(
+            f"{config.path}: experiment[{experiment_id}]: primary metric(s) {sequential} are "
+            f"quantile metrics, which have no sequential test (stopping_rule is "
+            f"{experiment.stopping_rule!r}); make them secondary metrics or guardrails "
+            f'(another metric primary), or set stopping_rule = "fixed_horizon"'
+        )
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -455,6 +474,7 @@ def run_experiment(
     query = None
     cells = None
     slice_cells = {}
+    histograms: dict[str, HistogramRows] = {}
     if dates is not None:
         query = compile_moments(
             experiment, metrics, assignments, dates, dialect=engine.dialect, slices=sliced
@@ -466,6 +486,7 @@ def run_experiment(
             raise _failing_metric(config, experiment_id, metrics, dates, engine, err) from None
         cells = read_cells(result, query.layout)
         slice_cells = read_slice_cells(result, query.layout)
+        histograms = read_histograms(result, query.layout)
     summary = assignment_counts(cells) if cells is not None else []
     checks = run_checks(
         experiment,
@@ -495,6 +516,7 @@ def run_experiment(
     history_table = None
     moments: MomentsTable | None = None
     slice_results: list[SliceResult] = []
+    distributions: dict[str, Any] = {}
     always_valid: dict[tuple[str, str], AlwaysValid] = {}
     sql = ""
     rows_read = {assignments.table: sum(s.n_rows for s in summary)}
@@ -510,10 +532,21 @@ def run_experiment(
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
-            m.name: MetricInfo(m.name, m.kind, m.higher_is_better, query.layout.metrics[m.name])
+            m.name: MetricInfo(
+                m.name,
+                m.kind,
+                m.higher_is_better,
+                query.layout.metrics.get(m.name) or MetricLayout(m.name, m.kind, value=""),
+            )
             for m in metrics
         }
-        results = analyse(experiment, infos, moments)
+        quantiles = quantile_effects(
+            experiment, histograms, query.layout.quantiles, query.layout.populations
+        )
+        results = analyse(experiment, infos, moments, quantiles)
+        distributions = quantile_distributions(
+            experiment, histograms, query.layout.quantiles, query.layout.populations
+        )
         series = build_history(experiment, infos, by_date)
         always_valid = last_looks(series, "itt")
         if history:
@@ -577,6 +610,7 @@ def run_experiment(
         always_valid=always_valid,
         verdicts=verdicts,
         slices=slice_results,
+        distributions=distributions,
     )
     return ExperimentRun(
         experiment_id=experiment.id,

@@ -105,13 +105,24 @@ def _condition(metric: type[Metric], window: exp.Expr) -> exp.Expr:
     return exp.and_(window, exp.paren(_qualified(metric.filter_tree)))
 
 
+@dataclass
+class QuantileColumn:
+    """A quantile metric's input: the per-unit column (unit level), or the row-level value
+    and the window condition its rows must meet (event level)."""
+
+    metric: type[Metric]
+    column: str | None = None
+    value: exp.Expr | None = None
+    condition: exp.Expr | None = None
+
+
 def plan_columns(
     metrics: Sequence[type[Metric]],
     *,
     with_exposure: bool,
     window: tuple[int, int],
     pre_window: tuple[int, int],
-) -> tuple[list[SourceScan], dict[str, MetricLayout]]:
+) -> tuple[list[SourceScan], dict[str, MetricLayout], dict[str, QuantileColumn]]:
     """Group metrics by source and name every per-unit column each metric needs.
 
     Metrics that need the same per-unit column (``SUM(watch_seconds)`` over the window is
@@ -120,6 +131,7 @@ def plan_columns(
     """
     scans: dict[type[Source], SourceScan] = {}
     layouts: dict[str, MetricLayout] = {}
+    quantiles: dict[str, QuantileColumn] = {}
     for metric in metrics:
         if metric.source not in scans:
             label = unique_label(metric.source.name, {s.label for s in scans.values()})
@@ -148,6 +160,18 @@ def plan_columns(
                 scan.columns.append(column)
             return scan.names[key]
 
+        if metric.kind == "quantile":
+            if metric.value_tree is None:
+                # Unit level: the per-unit value is an ordinary column of the scan; its
+                # histogram is taken over the analysed units' values.
+                quantiles[metric.name] = QuantileColumn(
+                    metric, column=add("value", metric.expression_tree, post, capped=False)
+                )
+            else:
+                quantiles[metric.name] = QuantileColumn(
+                    metric, value=_qualified(metric.value_tree), condition=post
+                )
+            continue
         value = add("value", metric.expression_tree, post, capped=True)
         denominator = None
         if metric.denominator_tree is not None:
@@ -174,7 +198,7 @@ def plan_columns(
             pre_value=pre_value,
             has_history=has_history,
         )
-    return list(scans.values()), layouts
+    return list(scans.values()), layouts, quantiles
 
 
 def _has_history_column(scan: SourceScan, pre_window: tuple[int, int]) -> str:

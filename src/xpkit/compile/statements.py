@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 from sqlglot import exp
 
-from xpkit.compile.columns import SourceScan, plan_columns, unique_label
+from xpkit.compile.columns import QuantileColumn, SourceScan, plan_columns, unique_label
 from xpkit.compile.dialects import dialect as dialect_rules
 from xpkit.compile.dialects import finish
 from xpkit.compile.sql import date_literal, ident, render, string_literal, table_ref
@@ -34,7 +34,21 @@ from xpkit.config import (
 )
 from xpkit.define.metric import Metric, Source
 from xpkit.errors import MetricDefinitionError
-from xpkit.layout import ROWS_PREFIX, SHIFT_PREFIX, SLICE_PREFIX, SUM_PREFIX, MomentsLayout
+from xpkit.layout import (
+    BIN_COLUMN,
+    CROSS_COLUMN,
+    DEFAULT_EPS,
+    EVENTS_COLUMN,
+    PAIRS_COLUMN,
+    PART_COLUMN,
+    ROWS_PREFIX,
+    SHIFT_PREFIX,
+    SLICE_PREFIX,
+    SUM_PREFIX,
+    MomentsLayout,
+    QuantileLayout,
+    bin_key_sql,
+)
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ def compile_moments(
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
     populations = [p for p in experiment.populations if p == "itt" or assignments.exposed]
-    scans, layouts = plan_columns(
+    scans, layouts, quantile_columns = plan_columns(
         metrics,
         with_exposure=assignments.exposed is not None,
         window=experiment.window,
@@ -180,6 +194,16 @@ def compile_moments(
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
         **_slice_context(slices, assignments),
+        **_quantile_context(
+            quantile_columns,
+            null_columns=["assignment_rows"]
+            + [ROWS_PREFIX + s.label for s in scans]
+            + [SHIFT_PREFIX + c for c in moment_columns]
+            + [SUM_PREFIX + c for c in moment_columns]
+            + [MomentsLayout.product_name(a, b) for a, b in products],
+            scan_start=date_literal(scan_start),
+            scan_end_exclusive=date_literal(scan_end + timedelta(days=1)),
+        ),
     )
     layout = MomentsLayout(
         metrics=layouts,
@@ -190,6 +214,16 @@ def compile_moments(
         window_end=experiment.window[1],
         slices=slices.specs if slices else (),
         slice_columns={d: SLICE_PREFIX + d for d in slices.dimensions} if slices else {},
+        quantiles={
+            name: QuantileLayout(
+                metric=name,
+                q=float(q.metric.quantile or 0.0),
+                level="unit" if q.column else "event",
+                part=name,
+                eps=DEFAULT_EPS,
+            )
+            for name, q in quantile_columns.items()
+        },
     )
     return CompiledQuery(
         sql=finish(sql, dialect),
@@ -197,6 +231,57 @@ def compile_moments(
         layout=layout,
         sources=tuple(s.source.table for s in scans),
     )
+
+
+def _quantile_context(
+    quantiles: dict[str, QuantileColumn],
+    *,
+    null_columns: list[str],
+    scan_start: str,
+    scan_end_exclusive: str,
+) -> dict:
+    """Template values for the histograms of quantile metrics (see layout.QuantileLayout)."""
+    unit, event = [], []
+    for i, (name, q) in enumerate(quantiles.items()):
+        part = string_literal(name)
+        if q.column is not None:
+            unit.append(
+                {
+                    "part": part,
+                    "column": ident(q.column),
+                    "key": bin_key_sql(f"v.{ident(q.column)}"),
+                }
+            )
+            continue
+        assert q.value is not None and q.condition is not None
+        source = q.metric.source
+        value = render(q.value)
+        event.append(
+            {
+                "part": part,
+                "keys_cte": ident(f"xp_events_{i}"),
+                "ranks_cte": ident(f"xp_event_ranks_{i}"),
+                "table": table_ref(source.table),
+                "unit": ident(source.unit),
+                "time": ident(source.time),
+                "value": value,
+                "key": bin_key_sql(f"({value})"),
+                "condition": render(q.condition),
+            }
+        )
+    return {
+        "unit_quantiles": unit,
+        "event_quantiles": event,
+        "quantiles": bool(unit or event),
+        "null_columns": [ident(c) for c in null_columns],
+        "q_scan_start": scan_start,
+        "q_scan_end_exclusive": scan_end_exclusive,
+        "part_column": PART_COLUMN,
+        "bin_column": BIN_COLUMN,
+        "events_column": EVENTS_COLUMN,
+        "pairs_column": PAIRS_COLUMN,
+        "cross_column": CROSS_COLUMN,
+    }
 
 
 def _slice_context(slices: SliceRequest | None, assignments: AssignmentColumns) -> dict:

@@ -9,19 +9,22 @@ and the complier effect estimated from ITT) x metric x non-control variant it re
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from xpkit.config import ExperimentConfig
-from xpkit.layout import MetricLayout
+from xpkit.layout import MetricLayout, QuantileLayout
 from xpkit.moments import Moments
-from xpkit.readout import MomentsTable
+from xpkit.readout import HistogramRows, MomentsTable
 from xpkit.stats.cuped import cuped_test
 from xpkit.stats.effect import Effect
 from xpkit.stats.guardrail import GuardrailResult, non_inferiority_test
 from xpkit.stats.iv import complier_effect
 from xpkit.stats.means import proportion_test, welch_test
 from xpkit.stats.multiple import adjust_pvalues
+from xpkit.stats.quantile_bins import EventHistogram, Histogram, bin_values
+from xpkit.stats.quantiles import quantile_clustered, quantile_test
 from xpkit.stats.ratio import ratio_test
 
 POPULATION_NOTES = {
@@ -108,11 +111,67 @@ def analyse(
     experiment: ExperimentConfig,
     metrics: Mapping[str, MetricInfo],
     moments: MomentsTable,
+    quantiles: Sequence[MetricResult] = (),
 ) -> list[MetricResult]:
-    results = estimate_effects(experiment, metrics, moments)
+    """Every population x metric x variant: the estimates (``quantiles``: the quantile
+    metrics', from :func:`quantile_effects`), complier effects, the decision family's
+    multiple-testing correction and the guardrail tests."""
+    results = estimate_effects(experiment, metrics, moments) + list(quantiles)
     results += _complier_effects(experiment, metrics, moments)
+    populations = {"itt": 0, "tot": 1, "cace": 2}
+    order = {name: i for i, name in enumerate(experiment.all_metrics)}
+    variants = {name: i for i, name in enumerate(experiment.treatments)}
+    results.sort(key=lambda r: (populations[r.population], order[r.metric], variants[r.variant]))
     results = _adjust(experiment, results)
     return _guardrails(experiment, metrics, results)
+
+
+def quantile_effects(
+    experiment: ExperimentConfig,
+    histograms: Mapping[str, HistogramRows],
+    layouts: Mapping[str, QuantileLayout],
+    populations: Sequence[str],
+) -> list[MetricResult]:
+    """Quantile metrics: each treatment's q-quantile against control's, per population.
+
+    Unit level by Woodruff's interval on the units' histogram, event level by the
+    clustered interval of Deng et al. (units as clusters); see :mod:`xpkit.stats.quantiles`.
+    """
+    out: list[MetricResult] = []
+    for population in populations:
+        tot = population == "tot"
+        for name in experiment.all_metrics:
+            if name not in layouts:
+                continue
+            q, rows = layouts[name], histograms[name]
+
+            def arm(
+                variant: str, q: QuantileLayout = q, rows: HistogramRows = rows, tot: bool = tot
+            ) -> Any:
+                a = rows.arm(variant, exposed_only=tot)
+                if q.level == "unit":
+                    return Histogram.from_keys(a.keys, a.counts, q.eps)
+                return EventHistogram.from_keys(a.keys, a.events, a.pairs, a.cross, a.units, q.eps)
+
+            control = arm(experiment.control)
+            for variant in experiment.treatments:
+                treatment = arm(variant)
+                if min(_size(control), _size(treatment)) == 0:
+                    continue
+                if q.level == "unit":
+                    effect = quantile_test(control, treatment, q.q, alpha=experiment.alpha)
+                else:
+                    effect = quantile_clustered(control, treatment, q.q, alpha=experiment.alpha)
+                out.append(
+                    MetricResult(
+                        population=population,
+                        metric=name,
+                        role=experiment.role(name),
+                        variant=variant,
+                        effect=effect,
+                    )
+                )
+    return out
 
 
 def analyse_slice(
@@ -125,6 +184,32 @@ def analyse_slice(
     results = estimate_effects(experiment, metrics, moments)
     results += _complier_effects(experiment, metrics, moments)
     return _guardrails(experiment, metrics, results)
+
+
+def quantile_distributions(
+    experiment: ExperimentConfig,
+    histograms: Mapping[str, HistogramRows],
+    layouts: Mapping[str, QuantileLayout],
+    populations: Sequence[str],
+) -> dict[str, dict[str, dict[str, dict[str, list[float]]]]]:
+    """Each quantile metric's histogram per population and variant, as the bins'
+    representative values and their counts (units, or events), for plots."""
+    out: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
+    for name, q in layouts.items():
+        for population in populations:
+            for variant in [experiment.control, *experiment.treatments]:
+                a = histograms[name].arm(variant, exposed_only=population == "tot")
+                weights = a.counts if q.level == "unit" else a.events
+                hist = Histogram.from_keys(a.keys, weights, q.eps)
+                out.setdefault(name, {}).setdefault(population, {})[variant] = {
+                    "values": bin_values(hist.keys, q.eps).tolist(),
+                    "counts": hist.counts.tolist(),
+                }
+    return out
+
+
+def _size(hist: Histogram | EventHistogram) -> int:
+    return hist.n if isinstance(hist, Histogram) else hist.units
 
 
 def estimate_effects(

@@ -165,6 +165,8 @@ def _discovery(
     out = list(rows)
     for name in experiment.all_metrics:
         info = metrics[name]
+        if info.kind == "quantile":
+            continue  # quantile metrics have no slices (their histograms are not sliced)
         empty = Moments.empty(info.layout.columns)
 
         def estimator(c: Moments, t: Moments, info: MetricInfo = info) -> Effect:

@@ -30,7 +30,7 @@ from sqlglot.errors import ParseError
 
 from xpkit.errors import MetricDefinitionError
 
-MetricKind = Literal["mean", "proportion", "ratio"]
+MetricKind = Literal["mean", "proportion", "ratio", "quantile"]
 
 # Statement types that may never appear inside a metric expression: an expression is a
 # fragment that ends up inside xpkit's SELECT, so anything that writes, defines or nests a
@@ -165,6 +165,11 @@ class Metric:
       window, another per-unit aggregate evaluated over the pre-window, or ``None``.
     - ``cap``: winsorise the per-unit value at a fixed number (``cap = 86400``) or at a
       pooled percentile (``cap = "p99"``).
+    - ``kind = "quantile"`` with ``quantile = 0.9``: the difference of the q-quantile
+      between arms. Unit level with ``expression`` (the quantile of per-unit values), event
+      level with ``value`` instead, a row-level expression (the quantile over all of the
+      source's rows in the window, units as clusters). No CUPED, cap or sequential test:
+      such metrics are refused with a message.
     - ``higher_is_better``: direction used by decisions and guardrails.
     - ``name``: defaults to the snake_case of the class name; the docstring is the
       description.
@@ -177,6 +182,8 @@ class Metric:
     filter: ClassVar[str | None] = None
     covariate: ClassVar[str | None] = None
     cap: ClassVar[float | str | None] = None
+    quantile: ClassVar[float | None] = None
+    value: ClassVar[str | None] = None
     higher_is_better: ClassVar[bool] = True
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -186,6 +193,7 @@ class Metric:
     denominator_tree: ClassVar[exp.Expr | None]
     filter_tree: ClassVar[exp.Expr | None]
     covariate_tree: ClassVar[exp.Expr | None]
+    value_tree: ClassVar[exp.Expr | None]  # event-level quantile: the row-level value
     cap_value: ClassVar[float | None]
     cap_percentile: ClassVar[float | None]
 
@@ -202,9 +210,23 @@ class Metric:
         source = getattr(cls, "source", None)
         if not (isinstance(source, type) and issubclass(source, Source) and source is not Source):
             raise MetricDefinitionError(f"{owner}: `source` must be a Source subclass")
-        if cls.kind not in ("mean", "proportion", "ratio"):
+        if cls.kind not in ("mean", "proportion", "ratio", "quantile"):
             raise MetricDefinitionError(
-                f"{owner}: `kind` must be 'mean', 'proportion' or 'ratio', got {cls.kind!r}"
+                f"{owner}: `kind` must be 'mean', 'proportion', 'ratio' or 'quantile', "
+                f"got {cls.kind!r}"
+            )
+        cls.value_tree = None
+        if cls.kind == "quantile":
+            _check_quantile(cls, owner)
+            if cls.value is not None:
+                cls.value_tree = parse_fragment(
+                    cls.value, owner=owner, field="value", aggregate=False
+                )
+                # What the metric reads, for the column checks and its hash.
+                cls.expression = f"COUNT({cls.value_tree.sql('duckdb')})"
+        elif cls.value is not None or cls.quantile is not None:
+            raise MetricDefinitionError(
+                f"{owner}: `value` and `quantile` are for kind = 'quantile' (kind is {cls.kind!r})"
             )
         expression = getattr(cls, "expression", None)
         if not isinstance(expression, str):
@@ -269,9 +291,39 @@ class Metric:
             "" if cls.filter_tree is None else cls.filter_tree.sql("duckdb"),
             "" if cls.covariate_tree is None else cls.covariate_tree.sql("duckdb"),
             repr(cls.cap),
+            "" if cls.value_tree is None else cls.value_tree.sql("duckdb"),
+            repr(cls.quantile),
             repr(cls.higher_is_better),
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _check_quantile(cls: type[Metric], owner: str) -> None:
+    """A quantile metric: a level in (0, 1), one of ``expression`` (unit level) or ``value``
+    (event level), and none of what only means-based estimators support."""
+    q = cls.quantile
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < float(q) < 1.0:
+        raise MetricDefinitionError(
+            f"{owner}: a quantile metric needs `quantile` strictly between 0 and 1 "
+            f"(quantile = 0.9 for the 90th percentile), got {q!r}"
+        )
+    has_expression = isinstance(getattr(cls, "expression", None), str)
+    if has_expression == (cls.value is not None):
+        raise MetricDefinitionError(
+            f"{owner}: a quantile metric takes `expression` (a per-unit aggregate: the "
+            f"quantile of per-unit values) or `value` (a row-level value: the quantile over "
+            f"all rows, units as clusters), exactly one of them"
+        )
+    if cls.covariate is not None:
+        raise MetricDefinitionError(
+            f"{owner}: quantile metrics have no CUPED adjustment (xpkit has no validated "
+            f"variance reduction for quantiles); remove `covariate`"
+        )
+    if cls.cap is not None:
+        raise MetricDefinitionError(
+            f"{owner}: `cap` does not apply to a quantile metric (a quantile is not moved by "
+            f"a few extreme values); remove it"
+        )
 
 
 def _check_table(table: str, owner: str) -> None:

@@ -14,6 +14,9 @@ RUN_ID_FIELD = pa.field("run_id", pa.string())
 # The scorecard file's key-value metadata holds the run's SQL statement under this key
 # (its SHA-256 is the ``sql_sha256`` column), so a report shows the exact SQL of a run.
 SQL_METADATA_KEY = b"xpkit.sql"
+# ... and each quantile metric's histogram per population and variant (JSON: metric ->
+# population -> variant -> {"values": bin values, "counts": units or events}), for plots.
+HISTOGRAMS_METADATA_KEY = b"xpkit.histograms"
 
 SCORECARD_SCHEMA = pa.schema(
     [
@@ -29,6 +32,9 @@ SCORECARD_SCHEMA = pa.schema(
         ("slice_value", pa.string()),
         ("metric", pa.string()),
         ("metric_kind", pa.string()),
+        # Quantile metrics (metric_kind "quantile"): the level q; their mean_* columns hold
+        # the arms' q-quantiles and abs_effect their difference.
+        ("quantile_level", pa.float64()),
         ("role", pa.string()),
         ("higher_is_better", pa.bool_()),
         ("variant", pa.string()),
@@ -141,6 +147,7 @@ EFFECT_COLUMNS = (
 # Columns that scorecards written by earlier versions lack, with the value such a file
 # means (its rows are all the experiment's own); readers add them.
 ADDED_SCORECARD_COLUMNS: dict[str, str | None] = {
+    "quantile_level": None,
     "slice_dimension": "(all)",
     "slice_value": "(all)",
     "slice_family": None,

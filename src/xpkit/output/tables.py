@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from xpkit.decide.stopping import StopVerdict
 from xpkit.output.schemas import (
     CHECKS_SCHEMA,
     EFFECT_COLUMNS,
+    HISTOGRAMS_METADATA_KEY,
     HISTORY_SCHEMA,
     SCORECARD_SCHEMA,
     SQL_METADATA_KEY,
@@ -60,6 +62,7 @@ def build_scorecard(
     always_valid: Mapping[tuple[str, str], AlwaysValid] | None = None,
     verdicts: Mapping[str, StopVerdict] | None = None,
     slices: Sequence[SliceResult] = (),
+    distributions: Mapping[str, object] | None = None,
 ) -> pa.Table:
     """One row per population x metric x treatment variant, then the slices' rows."""
     gates = [c for c in checks if c.gate and not c.passed]
@@ -85,6 +88,9 @@ def build_scorecard(
             "population_note": POPULATION_NOTES.get(r.population),
             "metric": r.metric,
             "metric_kind": metrics[r.metric].kind,
+            "quantile_level": _f(e.extra.get("q"))
+            if metrics[r.metric].kind == "quantile"
+            else None,
             "role": r.role,
             "higher_is_better": metrics[r.metric].higher_is_better,
             "variant": r.variant,
@@ -177,9 +183,12 @@ def build_scorecard(
             # Never lie: an invalid result shows no effect, CI or p-value by default.
             for col in EFFECT_COLUMNS:
                 row[col] = None
-    schema = SCORECARD_SCHEMA
+    metadata = {}
     if provenance.sql:
-        schema = schema.with_metadata({SQL_METADATA_KEY: provenance.sql.encode()})
+        metadata[SQL_METADATA_KEY] = provenance.sql.encode()
+    if distributions:
+        metadata[HISTOGRAMS_METADATA_KEY] = json.dumps(distributions).encode()
+    schema = SCORECARD_SCHEMA.with_metadata(metadata) if metadata else SCORECARD_SCHEMA
     return pa.Table.from_pylist(rows, schema=schema)
 
 

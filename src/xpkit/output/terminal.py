@@ -220,9 +220,12 @@ def _render_population(population: str, prow: list[dict], style: Style) -> list[
             method += f" (var -{r['variance_reduction']:.0%})"
         if r["guardrail_breached"]:
             method += "  << guardrail breached"
+        name = r["metric"]
+        if r.get("quantile_level") is not None:
+            name += f" (p{r['quantile_level'] * 100:g})"
         table.append(
             [
-                r["metric"],
+                name,
                 r["variant"],
                 r["role"],
                 f"{r['n_control']}/{r['n_variant']}",

@@ -7,10 +7,12 @@ knows nothing of SQL text or statistics.
 from xpkit.readout.cells import (
     AssignmentSummary,
     Cells,
+    HistogramRows,
     SliceKey,
     assignment_counts,
     daily_counts,
     read_cells,
+    read_histograms,
     read_slice_cells,
 )
 from xpkit.readout.populations import MomentsKey, MomentsTable, read_history, read_moments
@@ -18,12 +20,14 @@ from xpkit.readout.populations import MomentsKey, MomentsTable, read_history, re
 __all__ = [
     "AssignmentSummary",
     "Cells",
+    "HistogramRows",
     "MomentsKey",
     "MomentsTable",
     "SliceKey",
     "assignment_counts",
     "daily_counts",
     "read_cells",
+    "read_histograms",
     "read_history",
     "read_moments",
     "read_slice_cells",

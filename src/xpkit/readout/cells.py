@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xpkit.errors import DataError
-from xpkit.layout import MomentsLayout
+from xpkit.layout import (
+    BIN_COLUMN,
+    CROSS_COLUMN,
+    EVENTS_COLUMN,
+    PAIRS_COLUMN,
+    PART_COLUMN,
+    MomentsLayout,
+)
 
 
 def _number(value: SupportsFloat | None) -> float:
@@ -106,11 +113,88 @@ def _slice_rows(result: pa.Table, layout: MomentsLayout, spec: tuple[str, ...]) 
     return mask
 
 
+def _cell_rows(result: pa.Table, layout: MomentsLayout) -> pa.Table:
+    """The statement's cell rows (without the quantile metrics' histogram rows)."""
+    if layout.quantiles:
+        return result.filter(pc.is_null(result.column(PART_COLUMN)))
+    return result
+
+
 def read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
     """The overall cells (the statement's rows outside every slice breakdown)."""
+    result = _cell_rows(result, layout)
     if layout.slice_columns:
         result = result.filter(_slice_rows(result, layout, ()))
     return _read_cells(result, layout)
+
+
+@dataclass(frozen=True)
+class HistogramRows:
+    """One quantile metric's histogram rows, per cell and bin key (layout.QuantileLayout).
+
+    ``key`` is -1 where a row has no key (event level: the row holding the cell's units).
+    """
+
+    variant: list[str | None]
+    multi_variant: np.ndarray
+    exposed: np.ndarray
+    analysed: np.ndarray
+    has_key: np.ndarray
+    key: np.ndarray  # int64
+    n: np.ndarray  # units (unit level; event level: on the key-less rows)
+    events: np.ndarray
+    pairs: np.ndarray
+    cross: np.ndarray
+
+    def arm(self, variant: str, *, exposed_only: bool = False) -> HistogramArm:
+        """A variant's analysed rows summed over cells: keys and their sums (unsorted,
+        repeated keys for the estimator to add), and the units of an event histogram."""
+        rows = self.analysed & np.array([v == variant for v in self.variant], dtype=bool)
+        rows &= ~self.multi_variant
+        if exposed_only:
+            rows &= self.exposed
+        keyed = rows & self.has_key
+        return HistogramArm(
+            keys=self.key[keyed],
+            counts=self.n[keyed].astype(float),
+            events=self.events[keyed],
+            pairs=self.pairs[keyed],
+            cross=self.cross[keyed],
+            units=int(self.n[rows & ~self.has_key].sum()),
+        )
+
+
+@dataclass(frozen=True)
+class HistogramArm:
+    """One variant's histogram rows over its cells (keys repeat across cells)."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+    events: np.ndarray
+    pairs: np.ndarray
+    cross: np.ndarray
+    units: int
+
+
+def read_histograms(result: pa.Table, layout: MomentsLayout) -> dict[str, HistogramRows]:
+    """Each quantile metric's histogram rows."""
+    out: dict[str, HistogramRows] = {}
+    for name, q in layout.quantiles.items():
+        rows = result.filter(pc.equal(result.column(PART_COLUMN), q.part))
+        keys = rows.column(BIN_COLUMN)
+        out[name] = HistogramRows(
+            variant=[None if v is None else str(v) for v in rows.column("variant").to_pylist()],
+            multi_variant=np.array(rows.column("multi_variant").to_pylist(), dtype=bool),
+            exposed=np.array([bool(e) for e in rows.column("exposed").to_pylist()], dtype=bool),
+            analysed=np.array(rows.column("analysed").to_pylist(), dtype=bool),
+            has_key=np.array(pc.is_valid(keys).to_pylist(), dtype=bool),
+            key=np.array([-1 if k is None else int(k) for k in keys.to_pylist()], dtype=np.int64),
+            n=np.array([int(v or 0) for v in rows.column("n").to_pylist()], dtype=np.int64),
+            events=_column(rows, EVENTS_COLUMN),
+            pairs=_column(rows, PAIRS_COLUMN),
+            cross=_column(rows, CROSS_COLUMN),
+        )
+    return out
 
 
 def read_slice_cells(result: pa.Table, layout: MomentsLayout) -> dict[SliceKey, Cells]:
@@ -121,6 +205,7 @@ def read_slice_cells(result: pa.Table, layout: MomentsLayout) -> dict[SliceKey, 
     dimension add up to the overall cells.
     """
     out: dict[SliceKey, Cells] = {}
+    result = _cell_rows(result, layout)
     for spec in layout.slices:
         rows = result.filter(_slice_rows(result, layout, spec))
         columns = [layout.slice_columns[d] for d in spec]

@@ -43,22 +43,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OFFSET = 2**30
-DEFAULT_EPS = 1e-3
-MIN_EPS, MAX_EPS = 1e-6, 0.1
-
-
-def check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not MIN_EPS <= eps <= MAX_EPS:
-        raise ValueError(f"eps must be within [{MIN_EPS}, {MAX_EPS}], got {eps}")
-    return eps
-
-
-def gamma_of(eps: float) -> float:
-    """The bins' growth factor ``(1 + eps) / (1 - eps)``."""
-    eps = check_eps(eps)
-    return (1.0 + eps) / (1.0 - eps)
+from xpkit.layout import (  # noqa: F401  (the bins' constants are the SQL/stats contract)
+    DEFAULT_EPS,
+    MAX_EPS,
+    MIN_EPS,
+    OFFSET,
+    bin_key_sql,
+    check_eps,
+    gamma_of,
+)
 
 
 def bin_keys(values: np.ndarray | Sequence[float], eps: float = DEFAULT_EPS) -> np.ndarray:
@@ -82,17 +75,6 @@ def bin_values(keys: np.ndarray | Sequence[int], eps: float = DEFAULT_EPS) -> np
     index = (np.abs(k) - OFFSET).astype(float)
     magnitude = 2.0 * np.power(gamma, index) / (gamma + 1.0)
     return np.where(k == 0, 0.0, np.sign(k) * magnitude)
-
-
-def bin_key_sql(column: str, eps: float = DEFAULT_EPS) -> str:
-    """The bin key as a DuckDB (and Spark) SQL expression of ``column`` (already quoted).
-
-    ``ln(gamma)`` is spliced as the shortest decimal that round-trips the double Python
-    uses, cast to DOUBLE (a bare decimal literal would be a DECIMAL in DuckDB).
-    """
-    log_gamma = f"CAST('{math.log(gamma_of(eps))!r}' AS DOUBLE)"
-    index = f"CAST(CEIL(LN(ABS({column})) / {log_gamma}) AS BIGINT) + {OFFSET}"
-    return f"CASE WHEN {column} > 0 THEN {index} WHEN {column} < 0 THEN -({index}) ELSE 0 END"
 
 
 def _aggregate(keys: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, ...]:
