@@ -64,3 +64,12 @@ class WatchSecondsCapped(Metric):
     expression = "SUM(watch_seconds)"
     cap = 86400
     covariate = "pre"
+
+
+class WatchSecondsP90(Metric):
+    """90th percentile of watch seconds per member (a unit-level quantile metric)."""
+
+    source = repo.EngagementDaily
+    expression = "SUM(watch_seconds)"
+    kind = "quantile"
+    quantile = 0.9
