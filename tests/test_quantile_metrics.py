@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write_parquet
@@ -343,3 +345,28 @@ def test_a_quantile_primary_needs_a_fixed_horizon(world: Path) -> None:
     )
     engine.close()
     assert _row(run.scorecard.to_pylist(), "latency_p95")["role"] == "primary"
+
+
+def test_the_report_draws_each_quantile_metrics_distribution(world: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tests.test_report import figures
+    from xpkit.cli import main
+
+    out, page = tmp_path / "out", tmp_path / "report.html"
+    args = ["run", "--config", str(world / "experiments.toml"), "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--run-date", "2024-02-01"]).exit_code in (0, 3)
+    result = CliRunner().invoke(main, ["report", str(out), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    found = figures(page.read_text())
+    dists = [f for key, f in found.items() if "-dist-" in key]
+    assert len(dists) == 3  # minutes_p90, latency_p95, latency_median
+    schema = pq.read_schema(next(out.glob("scorecards/x/*/data.parquet")))
+    kept = json.loads(schema.metadata[b"xpkit.histograms"])
+    for figure in dists:
+        names = [t["name"] for t in figure["data"]]
+        assert names == ["control", "treatment"]
+        metric = figure["layout"]["xaxis"]["title"]["text"].split(" ")[0]
+        for trace in figure["data"]:
+            assert len(trace["x"]) == len(kept[metric]["itt"][trace["name"]]["values"])
+            assert trace["y"][-1] == pytest.approx(1.0)

@@ -520,3 +520,47 @@ def _history_hover(r: Row) -> str:
 def _rgba(color: str, opacity: float) -> str:
     r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{opacity})"
+
+
+def distribution(
+    chart_id: str,
+    metric: str,
+    q: float,
+    by_variant: Mapping[str, Mapping[str, Sequence[float]]],
+    colors: Mapping[str, str],
+) -> Chart:
+    """A quantile metric's distribution per variant (ITT): the cumulative share of units
+    (or events) up to each bin's value, with the metric's level q marked."""
+    fig = go.Figure()
+    positive = True
+    for variant, hist in by_variant.items():
+        values = list(hist["values"])
+        counts = list(hist["counts"])
+        total = sum(counts) or 1.0
+        running, shares = 0.0, []
+        for c in counts:
+            running += c
+            shares.append(running / total)
+        positive = positive and all(v > 0 for v in values)
+        fig.add_trace(
+            go.Scatter(
+                x=values,
+                y=shares,
+                mode="lines",
+                line={"shape": "hv", "color": colors.get(variant), "width": 2},
+                name=variant,
+                hovertemplate=f"{html.escape(variant)}: %{{y:.1%}} at or below %{{x:.4g}}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=q, line={"dash": "dot", "color": "#888"}, annotation_text=f"q = {q:g}")
+    fig.update_layout(
+        **_layout(320),
+        xaxis={"title": f"{metric} (bin values)", "type": "log" if positive else "linear"},
+        yaxis={"title": "cumulative share", "tickformat": ".0%", "range": [0, 1.02]},
+    )
+    return Chart(
+        id=chart_id,
+        figure=fig,
+        caption=f"The distribution of {metric} per variant (ITT), from the run's histograms: "
+        f"where each curve crosses the dotted line is that variant's quantile.",
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from xpkit.errors import BadInputError
 from xpkit.files import atomic_path
 from xpkit.output import charts
 from xpkit.output.charts import Chart, Row, finite, num, pct
-from xpkit.output.schemas import EFFECT_COLUMNS, SQL_METADATA_KEY
+from xpkit.output.schemas import EFFECT_COLUMNS, HISTOGRAMS_METADATA_KEY, SQL_METADATA_KEY
 from xpkit.output.storage import PublishedRun, read_run, select_runs
 from xpkit.output.validate import validate_table
 
@@ -127,11 +128,12 @@ class ExperimentPage:
     history_note: str
     provenance: Provenance
     slices: list[SliceChart] = field(default_factory=list)
+    distributions: list[Chart] = field(default_factory=list)
 
     @property
     def charts(self) -> list[Chart]:
         found = [c for c in (self.forest, self.history) if c is not None]
-        return found + [s.chart for s in self.slices]
+        return found + [s.chart for s in self.slices] + self.distributions
 
     @property
     def status(self) -> str:
@@ -266,6 +268,25 @@ def _look_bounds(rows: Sequence[Row]) -> dict[tuple[str, str], tuple[float, floa
     return out
 
 
+def _distributions(
+    anchor: str, run: PublishedRun, rows: Sequence[Row], colors: Mapping[str, str]
+) -> list[Chart]:
+    """One chart per quantile metric whose histograms the scorecard file keeps."""
+    raw = (run.scorecard.schema.metadata or {}).get(HISTOGRAMS_METADATA_KEY)
+    if raw is None:
+        return []
+    kept = json.loads(raw)
+    levels = {r["metric"]: r.get("quantile_level") for r in rows}
+    out = []
+    for i, (metric, populations) in enumerate(kept.items()):
+        if "itt" in populations and levels.get(metric) is not None:
+            q = float(levels[metric])
+            out.append(
+                charts.distribution(f"{anchor}-dist-{i}", metric, q, populations["itt"], colors)
+            )
+    return out
+
+
 def _provenance(run: PublishedRun, first: Row | None, rows: Sequence[Row]) -> Provenance:
     m = run.manifest
     metadata = run.scorecard.schema.metadata or {}
@@ -379,6 +400,7 @@ def experiment_page(run: PublishedRun, anchor: str) -> ExperimentPage:
         history_note=history_note,
         provenance=_provenance(run, first, rows),
         slices=_slice_charts(anchor, slice_rows, colors) if slice_rows and not withheld else [],
+        distributions=_distributions(anchor, run, rows, colors) if not withheld else [],
     )
 
 
