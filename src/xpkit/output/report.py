@@ -279,8 +279,9 @@ def _distributions(
     levels = {r["metric"]: r.get("quantile_level") for r in rows}
     out = []
     for i, (metric, populations) in enumerate(kept.items()):
-        if "itt" in populations and levels.get(metric) is not None:
-            q = float(levels[metric])
+        level = levels.get(metric)
+        if "itt" in populations and level is not None:
+            q = float(level)
             out.append(
                 charts.distribution(f"{anchor}-dist-{i}", metric, q, populations["itt"], colors)
             )
