@@ -14,10 +14,17 @@ and says per (variant, metric, dimension) whether the effect differs across the 
 construction (``Heterogeneity``), so a breakdown can be checked for finding the planted
 heterogeneity and for not finding any where there is none.
 
+For quantile metrics there is an event table too: one row per play of a
+``homepage_ranking_v2`` member in its 7-day window, with a start latency. Its treatment
+shortens the rare long stalls and nothing else, so the tail quantiles of latency fall while
+the median does not move; the manifest states the true quantiles under both potential
+outcomes (``QuantileTruth``).
+
 Output (see ``README.md`` next to this file for the full description)::
 
     out_dir/experiment_assignments.parquet
     out_dir/engagement_daily.parquet      sorted by (date, member_id)
+    out_dir/plays.parquet                 sorted by (date, member_id)
     out_dir/manifest.json
 
 Usage::
@@ -54,6 +61,7 @@ GENERATOR_VERSION = "1.1"
 
 ASSIGNMENTS_FILE = "experiment_assignments.parquet"
 DAILY_FILE = "engagement_daily.parquet"
+PLAYS_FILE = "plays.parquet"
 MANIFEST_FILE = "manifest.json"
 
 # --- calendar ---------------------------------------------------------------------------
@@ -126,6 +134,31 @@ SRM_LOSS_NORMALISER = 0.50  # over all members
 EXPOSURE_DROP_NORMALISER = 0.42  # over exposed members
 MULTI_VARIANT_DELAY_US = (3_600_000_000, 48 * 3_600_000_000)  # 1 h .. 48 h later
 DUPLICATE_DELAY_US = (1_000_000, 6 * 3_600_000_000)  # 1 s .. 6 h later
+
+# --- plays and start latency -----------------------------------------------------------
+# The plays table holds one row per play of a homepage_ranking_v2 member on a day of its
+# analysis window: exactly `plays` rows for each such member-day of engagement_daily.
+# start_latency_ms = round(exp(member level + play noise) [+ stall delay]) in whole ms:
+# - member level = log device median + ENGAGEMENT_SLOPE x (log lambda - log device factor)
+#   + N(0, MEMBER_SD^2): units differ a lot (a long right tail of slow members), and heavy
+#   viewers, who make most of the plays, start faster; plays of one member are correlated,
+#   so units are clusters (at the median the design effect is over 10);
+# - play noise ~ N(0, PLAY_SD^2);
+# - with probability STALL_RATE the play stalls and waits STALL_MS more (uniform).
+# The treatment acts on exposed members' stalls only: their extra delay is multiplied by
+# STALL_TREATED_FACTOR. Every stall, shortened or not, lasts over 750 ms, far above the
+# median of all plays (about 390 ms), so the plays below the median and hence the median
+# are the same under both potential outcomes, while p90/p95, which lie among the stalls,
+# fall (by about 25% and 37% at the default size).
+LATENCY_MEDIAN_MS = np.array([500.0, 400.0, 350.0])  # by device: tv, mobile, web
+LATENCY_MEMBER_SD = 0.5
+LATENCY_PLAY_SD = 0.35
+LATENCY_ENGAGEMENT_SLOPE = -0.3
+STALL_RATE = 0.10
+STALL_MS = (1500.0, 6000.0)
+STALL_TREATED_FACTOR = 0.5
+LATENCY_QUANTILES = (0.5, 0.9, 0.95)
+LATENCY_COLUMN = "start_latency_ms"
 
 # Members are generated in blocks of this many; each block and each (block, day) slice has
 # its own random substream. Keep it fixed: it is part of what makes output reproducible.
@@ -272,6 +305,18 @@ DAILY_SCHEMA = pa.schema(
         ("errors", pa.int32()),
     ]
 )
+PLAYS_SCHEMA = pa.schema(
+    [
+        ("member_id", pa.int64()),
+        ("date", pa.date32()),
+        (LATENCY_COLUMN, pa.float64()),
+    ]
+)
+# The experiment whose members have play rows, and the variant whose exposed members get
+# the shorter stalls (by name, and the index of the members who observe it).
+_PLAYS_EXPERIMENT = _HOMEPAGE
+_PLAYS_VARIANT_NAME = "treatment"
+_PLAYS_VARIANT = EXPERIMENTS[_HOMEPAGE].variants.index(_PLAYS_VARIANT_NAME)
 
 
 # --- manifest ---------------------------------------------------------------------------
@@ -319,6 +364,47 @@ class Heterogeneity:
 
 
 @dataclass(frozen=True)
+class QuantileTruth:
+    """Finite-population truth for the q-quantile of a row-level value (event level).
+
+    Over every window row of the truth population's members, each row's value under the
+    control potential outcome and under the variant's: ``control_quantile`` and
+    ``variant_quantile`` are the q-quantiles of the two sets of values (inverted CDF,
+    ``numpy.quantile(..., method="inverted_cdf")``), ``true_itt_abs`` their difference and
+    ``true_itt_rel`` that over ``control_quantile``. The ``_exposed`` fields are the same over
+    the rows of truly exposed members. A figure is ``None`` without rows (or, relative, when
+    its control quantile is zero).
+    """
+
+    control_quantile: float | None
+    variant_quantile: float | None
+    true_itt_abs: float | None
+    true_itt_rel: float | None
+    control_quantile_exposed: float | None
+    variant_quantile_exposed: float | None
+    true_effect_on_exposed_abs: float | None
+    true_effect_on_exposed_rel: float | None
+
+
+@dataclass(frozen=True)
+class EventQuantileTruths:
+    """Quantile truths of one column of an event table over the truth population.
+
+    ``units``/``rows``: truth-population members with at least one window row, and their
+    window rows (``_exposed``: of truly exposed members). ``quantiles``: q (as a string,
+    ``"0.95"``) -> truth.
+    """
+
+    table: str
+    column: str
+    units: int
+    rows: int
+    units_exposed: int
+    rows_exposed: int
+    quantiles: dict[str, QuantileTruth]
+
+
+@dataclass(frozen=True)
 class ExperimentManifest:
     """Design, defects, counts and true effects of one experiment."""
 
@@ -344,6 +430,10 @@ class ExperimentManifest:
     # variant -> metric -> dimension -> whether the effect differs across it by construction.
     heterogeneity: dict[str, dict[str, dict[str, Heterogeneity]]] = field(default_factory=dict)
     heterogeneity_notes: list[str] = field(default_factory=list)
+    # variant -> column of an event table -> its quantile truths (only experiments whose
+    # members have event rows: homepage_ranking_v2's plays).
+    quantile_truths: dict[str, dict[str, EventQuantileTruths]] = field(default_factory=dict)
+    quantile_notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -394,6 +484,20 @@ class Manifest:
                         }
                         for variant, by_metric in exp.get("heterogeneity", {}).items()
                     },
+                    "quantile_truths": {
+                        variant: {
+                            column: EventQuantileTruths(
+                                **{
+                                    **t,
+                                    "quantiles": {
+                                        q: QuantileTruth(**qt) for q, qt in t["quantiles"].items()
+                                    },
+                                }
+                            )
+                            for column, t in by_column.items()
+                        }
+                        for variant, by_column in exp.get("quantile_truths", {}).items()
+                    },
                 }
             )
             for exp in data["experiments"]
@@ -422,6 +526,16 @@ def _slice_rng(seed: int, block: int, day: int, term: int) -> np.random.Generato
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, block, day, term)))
 
 
+# The plays table draws only from these two streams of its own, so the other tables are
+# the same with or without it.
+def _latency_member_rng(seed: int, block: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, block)))
+
+
+def _plays_rng(seed: int, block: int, day: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, block, day)))
+
+
 def _logistic(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -443,6 +557,8 @@ class _Block:
     exposed: np.ndarray  # bool: truly exposed (before any logging defect)
     in_truth: np.ndarray  # bool: complete window and seen in one variant only
     any_watch: np.ndarray  # bool: watched on some day of the window (filled day by day)
+    latency_level: np.ndarray  # float32 log of the member's typical start latency (ms)
+    played: np.ndarray  # bool: has a row in the plays table (filled day by day)
 
 
 @dataclass
@@ -515,6 +631,8 @@ def _draw_block(seed: int, block: int, n: int, counts: _Counts) -> tuple[_Block,
         exposed=exposed,
         in_truth=complete & ~multi,
         any_watch=np.zeros(n, bool),
+        latency_level=_latency_levels(seed, block, device, log_lam),
+        played=np.zeros(n, bool),
     )
 
     # Assignment rows: every logged member once, plus the defect rows.
@@ -559,6 +677,15 @@ def _draw_block(seed: int, block: int, n: int, counts: _Counts) -> tuple[_Block,
         schema=ASSIGNMENTS_SCHEMA,
     )
     return members, table
+
+
+def _latency_levels(seed: int, block: int, device: np.ndarray, log_lam: np.ndarray) -> np.ndarray:
+    """Each member's log typical start latency, drawn for every member of the block (only
+    homepage_ranking_v2 members use it) from the block's latency stream."""
+    z = _latency_member_rng(seed, block).standard_normal(len(device))
+    engagement = log_lam - np.log(DEVICE_ENGAGEMENT)[device]  # N(0, 1): within the device
+    level = np.log(LATENCY_MEDIAN_MS)[device] + LATENCY_ENGAGEMENT_SLOPE * engagement
+    return (level + LATENCY_MEMBER_SD * z).astype(np.float32)
 
 
 def _labels(codes: np.ndarray, names: Sequence[str]) -> pa.Array:
@@ -725,6 +852,124 @@ def _day_slice(seed: int, b: int, day: int, m: _Block, truth: _TruthSums) -> pa.
             pa.array(observed["errors"].astype(np.int32), pa.int32()),
         ],
         schema=DAILY_SCHEMA,
+    )
+
+
+# --- plays and their start latency ------------------------------------------------------
+@dataclass
+class _LatencyTruth:
+    """Whole-millisecond histograms of the truth population's window plays.
+
+    ``hist[world, who, ms]``: plays with that latency, under the control (world 0) or the
+    variant's (world 1) potential outcome, over all members (who 0) or the truly exposed
+    (who 1). Latencies are whole milliseconds, so the histograms give the exact quantiles
+    of the rows in O(max latency) memory, however many plays there are.
+    """
+
+    hist: np.ndarray = field(default_factory=lambda: np.zeros((2, 2, 1), np.int64))
+
+    def add(self, world: int, who: int, values: np.ndarray) -> None:
+        counts = np.bincount(values, minlength=self.hist.shape[2])
+        if counts.size > self.hist.shape[2]:
+            grown = np.zeros((2, 2, counts.size), np.int64)
+            grown[:, :, : self.hist.shape[2]] = self.hist
+            self.hist = grown
+        self.hist[world, who] += counts
+
+
+def _whole_ms(x: np.ndarray) -> np.ndarray:
+    return np.maximum(np.rint(x), 1.0)
+
+
+def _plays_slice(
+    seed: int, b: int, day: int, m: _Block, daily: pa.RecordBatch, truth: _LatencyTruth
+) -> pa.RecordBatch:
+    """Play rows of one block for one day, from the day's engagement rows: ``plays`` rows
+    for each member-day of the plays experiment in the member's window. Adds the truth
+    population's plays, under both potential outcomes, to ``truth``."""
+    idx = daily.column("member_id").to_numpy() - m.first_id
+    plays = daily.column("plays").to_numpy()
+    since = day - m.assign_day[idx]
+    keep = (m.experiment[idx] == _PLAYS_EXPERIMENT) & (since >= 0) & (since < WINDOW_DAYS)
+    member = np.repeat(idx[keep], plays[keep])  # rows in member order, as the daily table
+    m.played[member] = True
+
+    rng = _plays_rng(seed, b, day)
+    noise = rng.standard_normal(member.size)
+    stall = rng.random(member.size) < STALL_RATE
+    delay = rng.uniform(*STALL_MS, member.size)
+    base = np.exp(m.latency_level[member] + LATENCY_PLAY_SD * noise)
+    y0 = _whole_ms(np.where(stall, base + delay, base))
+    # The variant's potential outcome, for every member whatever its variant: an exposed
+    # member's stall is shortened (a window day is always on or after the assignment date).
+    exposed = m.exposed[member]
+    y1 = np.where(exposed & stall, _whole_ms(base + STALL_TREATED_FACTOR * delay), y0)
+
+    pop = m.in_truth[member]
+    for world, y in enumerate((y0, y1)):
+        values = y[pop].astype(np.int64)
+        truth.add(world, 0, values)
+        truth.add(world, 1, values[exposed[pop]])
+
+    observed = np.where(m.variant[member] == _PLAYS_VARIANT, y1, y0)
+    day_value = (STUDY_START - _EPOCH).days + day
+    return pa.record_batch(
+        [
+            pa.array(m.first_id + member, pa.int64()),
+            pa.array(np.full(member.size, day_value, np.int32), pa.int32()).cast(pa.date32()),
+            pa.array(observed, pa.float64()),
+        ],
+        schema=PLAYS_SCHEMA,
+    )
+
+
+def _hist_quantile(hist: np.ndarray, q: float) -> float | None:
+    """The q-quantile of the values a histogram of whole numbers counts, as
+    ``numpy.quantile(values, q, method="inverted_cdf")``: the sorted value at 0-based
+    position ``ceil(q n) - 1`` (at least 0)."""
+    n = int(hist.sum())
+    if n == 0:
+        return None
+    position = max(math.ceil(n * q) - 1, 0)
+    return float(np.searchsorted(np.cumsum(hist), position + 1, side="left"))
+
+
+def _quantile_truths(blocks: list[_Block], truth: _LatencyTruth) -> EventQuantileTruths:
+    units = units_exposed = 0
+    for m in blocks:
+        pop = m.in_truth & (m.experiment == _PLAYS_EXPERIMENT) & m.played
+        units += int(pop.sum())
+        units_exposed += int((pop & m.exposed).sum())
+
+    def diff(a: float | None, b: float | None) -> tuple[float | None, float | None]:
+        if a is None or b is None:
+            return None, None
+        return b - a, _ratio(b - a, a)
+
+    quantiles = {}
+    for q in LATENCY_QUANTILES:
+        c, v = (_hist_quantile(truth.hist[w, 0], q) for w in (0, 1))
+        c_exp, v_exp = (_hist_quantile(truth.hist[w, 1], q) for w in (0, 1))
+        itt_abs, itt_rel = diff(c, v)
+        exp_abs, exp_rel = diff(c_exp, v_exp)
+        quantiles[f"{q:g}"] = QuantileTruth(
+            control_quantile=c,
+            variant_quantile=v,
+            true_itt_abs=itt_abs,
+            true_itt_rel=itt_rel,
+            control_quantile_exposed=c_exp,
+            variant_quantile_exposed=v_exp,
+            true_effect_on_exposed_abs=exp_abs,
+            true_effect_on_exposed_rel=exp_rel,
+        )
+    return EventQuantileTruths(
+        table="plays",
+        column=LATENCY_COLUMN,
+        units=units,
+        rows=int(truth.hist[0, 0].sum()),
+        units_exposed=units_exposed,
+        rows_exposed=int(truth.hist[0, 1].sum()),
+        quantiles=quantiles,
     )
 
 
@@ -959,6 +1204,38 @@ def _heterogeneity_notes(spec: ExperimentSpec) -> list[str]:
     return notes
 
 
+def _quantile_notes() -> list[str]:
+    lo, hi = STALL_MS
+    median = ", ".join(
+        f"{d} {ms:g}" for d, ms in zip(DEVICES, LATENCY_MEDIAN_MS.tolist(), strict=True)
+    )
+    return [
+        f"plays: one row per play of a {EXPERIMENTS[_PLAYS_EXPERIMENT].experiment_id} member "
+        f"on a day of its {WINDOW_DAYS}-day window [assignment date, +{WINDOW_DAYS - 1} days] "
+        "(cut at data_end), exactly engagement_daily.plays rows per member-day. "
+        f"{LATENCY_COLUMN} = round(exp(member level + play noise) [+ stall delay]) in whole "
+        f"ms, >= 1: member level = log device median + {LATENCY_ENGAGEMENT_SLOPE:g} x "
+        f"(log lambda - log device factor) + N(0, {LATENCY_MEMBER_SD:g}^2) with device "
+        f"medians {median} ms (heavy viewers start faster); play noise ~ N(0, "
+        f"{LATENCY_PLAY_SD:g}^2); with probability "
+        f"{STALL_RATE:g} a play stalls and waits Uniform({lo:g}, {hi:g}) ms more.",
+        f"PLANTED tail effect: for exposed {_PLAYS_VARIANT_NAME} members a stall's extra "
+        f"delay is multiplied by {STALL_TREATED_FACTOR:g}; plays without a stall are "
+        "unchanged. Every stall lasts over "
+        f"{STALL_TREATED_FACTOR * lo:g} ms in both potential outcomes, above the median of "
+        "all plays (about 390 ms at the default size), so the plays below the median are the "
+        "same in both and the true median difference is exactly 0, while p90 and p95, which "
+        "lie among the stalls, fall.",
+        "quantile_truths[variant][column].quantiles[q]: over every window play of the truth-"
+        "population members, each play's latency under control and under the variant's "
+        "potential outcome; control_quantile and variant_quantile are the q-quantiles "
+        "(inverted CDF, numpy method='inverted_cdf') of the two sets of values, true_itt_abs "
+        "their difference and true_itt_rel that over control_quantile; the _exposed fields "
+        "are the same over truly exposed members' plays. units and rows count the members "
+        "with a window play and their plays.",
+    ]
+
+
 def _day(index: int) -> str:
     return (STUDY_START + timedelta(days=index)).isoformat()
 
@@ -997,16 +1274,26 @@ def generate(
 
     # Day-major order puts the file in (date, member_id) order, so row-group min/max
     # statistics on `date` are narrow and a date-range filter skips most of the file.
+    # The plays table is cut from the daily rows as they are written, so its rows per
+    # member-day are the daily `plays` by construction, in the same (date, member_id) order.
     truth = _TruthSums()
-    with atomic_path(out_dir / DAILY_FILE) as tmp:
+    latency = _LatencyTruth()
+    with atomic_path(out_dir / DAILY_FILE) as tmp, atomic_path(out_dir / PLAYS_FILE) as tmp_plays:
         writer = _RowGroupWriter(tmp, DAILY_SCHEMA, row_group_size)
+        plays_writer = _RowGroupWriter(tmp_plays, PLAYS_SCHEMA, row_group_size)
         try:
             for day in range(N_DAYS):
                 for b, block in enumerate(blocks):
-                    writer.append(_day_slice(seed, b, day, block, truth))
+                    daily = _day_slice(seed, b, day, block, truth)
+                    writer.append(daily)
+                    plays_writer.append(_plays_slice(seed, b, day, block, daily, latency))
         finally:
-            writer.close()
+            try:
+                writer.close()
+            finally:
+                plays_writer.close()
         daily_rows = writer.rows
+        plays_rows = plays_writer.rows
 
     experiments = []
     for e, spec in enumerate(EXPERIMENTS):
@@ -1039,6 +1326,12 @@ def generate(
                 slice_truths=slices,
                 heterogeneity=_heterogeneity(spec),
                 heterogeneity_notes=_heterogeneity_notes(spec),
+                quantile_truths=(
+                    {_PLAYS_VARIANT_NAME: {LATENCY_COLUMN: _quantile_truths(blocks, latency)}}
+                    if e == _PLAYS_EXPERIMENT
+                    else {}
+                ),
+                quantile_notes=_quantile_notes() if e == _PLAYS_EXPERIMENT else [],
             )
         )
     manifest = Manifest(
@@ -1060,6 +1353,12 @@ def generate(
                 "path": DAILY_FILE,
                 "rows": daily_rows,
                 "sort_order": ["date", "member_id"],
+            },
+            "plays": {
+                "path": PLAYS_FILE,
+                "rows": plays_rows,
+                "sort_order": ["date", "member_id"],
+                "experiments": [EXPERIMENTS[_PLAYS_EXPERIMENT].experiment_id],
             },
         },
         notes=[
@@ -1125,9 +1424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     files = manifest.files
     print(
-        f"wrote {files['experiment_assignments']['rows']:,} assignment rows and "
-        f"{files['engagement_daily']['rows']:,} daily rows for {args.members:,} members "
-        f"(seed {args.seed}) to {args.out} in {elapsed:.1f} s"
+        f"wrote {files['experiment_assignments']['rows']:,} assignment rows, "
+        f"{files['engagement_daily']['rows']:,} daily rows and {files['plays']['rows']:,} "
+        f"play rows for {args.members:,} members (seed {args.seed}) to {args.out} in "
+        f"{elapsed:.1f} s"
     )
     return 0
 

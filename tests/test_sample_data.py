@@ -1,5 +1,6 @@
 """Tests for the sample-data generator: shape, determinism, the designed defects, and the
-true effects in the manifest checked against independent SQL over the generated tables."""
+true effects in the manifest checked against independent SQL over the generated tables
+(the quantile truths of the plays table against quantiles of its potential outcomes)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ from scipy import stats
 from xpkit.sample_data import generate as gen_module
 from xpkit.sample_data.generate import Manifest, generate
 
+from xpkit.stats.quantile_bins import EventHistogram
+from xpkit.stats.quantiles import quantile_clustered
+
 DEFAULT_MEMBERS = 40_000
 METRICS = ("watch_seconds", "sessions", "plays", "errors")
 DATA_END = date(2024, 4, 4)
+HOMEPAGE = "homepage_ranking_v2"
+LATENCY_QUANTILES = ("0.5", "0.9", "0.95")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ def con(sample: Generated) -> duckdb.DuckDBPyConnection:
     db.execute(
         f"CREATE VIEW e AS SELECT * FROM read_parquet('{sample.out / 'engagement_daily.parquet'}')"
     )
+    db.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{sample.out / 'plays.parquet'}')")
     # One row per unit the way xpkit analyses it: earliest assignment, variants counted.
     db.execute(
         """
@@ -177,14 +184,20 @@ def _tables(out: Path) -> tuple[pa.Table, pa.Table]:
     )
 
 
+def _plays(out: Path) -> pa.Table:
+    return pq.read_table(out / "plays.parquet")
+
+
 def test_same_seed_same_data_and_row_group_size_is_layout_only(tmp_path: Path) -> None:
     first = generate(tmp_path / "a", members=2_000, seed=11)
     second = generate(tmp_path / "b", members=2_000, seed=11, row_group_size=777)
     other = generate(tmp_path / "c", members=2_000, seed=12)
     a, b, c = _tables(tmp_path / "a"), _tables(tmp_path / "b"), _tables(tmp_path / "c")
     assert a[0].equals(b[0]) and a[1].equals(b[1])
+    assert _plays(tmp_path / "a").equals(_plays(tmp_path / "b"))
     assert first.to_dict() == second.to_dict()
     assert not a[0].equals(c[0]) and not a[1].equals(c[1])
+    assert not _plays(tmp_path / "a").equals(_plays(tmp_path / "c"))
     assert first.to_dict() != other.to_dict()
 
 
@@ -195,6 +208,10 @@ def test_several_member_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assignments, daily = _tables(tmp_path / "a")
     assert assignments.equals(_tables(tmp_path / "b")[0])
     assert daily.equals(_tables(tmp_path / "b")[1])
+    assert _plays(tmp_path / "a").equals(_plays(tmp_path / "b"))
+    # Play rows of members in later blocks still match their daily plays.
+    assert _plays_mismatches(tmp_path / "a") == (0, manifest.files["plays"]["rows"])
+    assert pq.read_metadata(tmp_path / "a" / "plays.parquet").num_row_groups > 1
     ids = np.unique(daily.column("member_id").to_numpy())
     assert ids.min() >= 1 and ids.max() <= 2_500
     assigned = np.unique(assignments.column("member_id").to_numpy())
@@ -375,15 +392,20 @@ def test_manifest_format_and_round_trip(sample: Generated) -> None:
         for het in exp.heterogeneity.values():
             assert set(het) == {*METRICS, "proportion_any_watch"}
             assert all(set(by_dim) == {"device", "country"} for by_dim in het.values())
-    # A manifest written before slice truths existed still reads.
+    # A manifest written before slice and quantile truths existed still reads.
     older = {
         **data,
         "experiments": [
-            {k: v for k, v in exp.items() if not k.startswith(("slice_", "heterogeneity"))}
+            {
+                k: v
+                for k, v in exp.items()
+                if not k.startswith(("slice_", "heterogeneity", "quantile_"))
+            }
             for exp in data["experiments"]
         ],
     }
     assert Manifest.from_dict(older).experiment("artwork_abc").slice_truths == {}
+    assert Manifest.from_dict(older).experiment(HOMEPAGE).quantile_truths == {}
 
 
 def test_truths_follow_the_multipliers(sample: Generated) -> None:
@@ -735,6 +757,234 @@ def test_guardrail_harm_and_tot_overstates_itt(sample: Generated) -> None:
         assert all(effects[m].true_itt_abs == 0.0 for m in METRICS)
 
 
+# --- plays and start latency ------------------------------------------------------------
+def _plays_mismatches(out: Path) -> tuple[int, int]:
+    """(member-days whose play rows differ in number from engagement_daily.plays, play rows)
+    over the homepage members' window days: 0 when every such member-day has exactly its
+    ``plays`` rows and no other member or day has any."""
+    a, e, p = (out / f for f in ("experiment_assignments.parquet", "engagement_daily.parquet",
+                                 "plays.parquet"))  # fmt: skip
+    con = duckdb.connect()
+    row = con.execute(
+        f"""
+        WITH u AS (SELECT member_id, MIN(assignment_timestamp)::DATE AS d0 FROM '{a}'
+                   WHERE experiment_id = '{HOMEPAGE}' GROUP BY member_id),
+        want AS (SELECT e.member_id, e.date, e.plays FROM '{e}' e JOIN u USING (member_id)
+                 WHERE e.date BETWEEN u.d0 AND u.d0 + INTERVAL 6 DAY AND e.plays > 0),
+        got AS (SELECT member_id, date, COUNT(*) AS n FROM '{p}' GROUP BY member_id, date)
+        SELECT COUNT(*) FILTER (WHERE want.plays IS DISTINCT FROM got.n),
+               (SELECT COUNT(*) FROM '{p}')
+        FROM want FULL JOIN got USING (member_id, date)
+        """
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _truth_population_plays(out: Path) -> dict[str, np.ndarray]:
+    """member_id, variant, exposed, date and latency of every window play of homepage's
+    truth population (complete window, one variant), in the table's row order."""
+    a, p = out / "experiment_assignments.parquet", out / "plays.parquet"
+    con = duckdb.connect()
+    return con.execute(
+        f"""
+        WITH u AS (
+            SELECT member_id, MIN(assignment_timestamp)::DATE AS d0,
+                   COUNT(DISTINCT variant) AS n_variants,
+                   ARG_MIN(variant, assignment_timestamp) AS variant,
+                   ARG_MIN(exposed_flag, assignment_timestamp) AS exposed
+            FROM '{a}' WHERE experiment_id = '{HOMEPAGE}' GROUP BY member_id
+        )
+        SELECT p.member_id, u.variant, u.exposed, p.date, p.start_latency_ms
+        FROM (SELECT *, ROW_NUMBER() OVER () AS row_number FROM '{p}') p
+        JOIN u USING (member_id)
+        WHERE u.n_variants = 1 AND u.d0 + INTERVAL 6 DAY <= DATE '{DATA_END}'
+        ORDER BY p.row_number
+        """
+    ).fetchnumpy()
+
+
+def _quantile(values: np.ndarray, q: str) -> float:
+    return float(np.quantile(values, float(q), method="inverted_cdf"))
+
+
+def test_plays_table_matches_daily_plays(sample: Generated, con: duckdb.DuckDBPyConnection) -> None:
+    schema = pq.read_schema(sample.out / "plays.parquet")
+    assert [(f.name, f.type) for f in schema] == [
+        ("member_id", pa.int64()),
+        ("date", pa.date32()),
+        ("start_latency_ms", pa.float64()),
+    ]
+    assert [(r[0], r[1]) for r in con.execute("DESCRIBE p").fetchall()] == [
+        ("member_id", "BIGINT"),
+        ("date", "DATE"),
+        ("start_latency_ms", "DOUBLE"),
+    ]
+    rows = sample.manifest.files["plays"]["rows"]
+    assert _plays_mismatches(sample.out) == (0, rows)
+    assert 150_000 < rows < 400_000  # small: one experiment's 7-day windows
+    assert sample.manifest.files["plays"] == {
+        "path": "plays.parquet",
+        "rows": rows,
+        "sort_order": ["date", "member_id"],
+        "experiments": [HOMEPAGE],
+    }
+    bad, experiments = con.execute(
+        """
+        SELECT COUNT(*) FILTER (WHERE start_latency_ms IS NULL OR start_latency_ms < 1
+                                OR start_latency_ms <> ROUND(start_latency_ms)),
+               (SELECT LIST(DISTINCT experiment_id) FROM p JOIN a USING (member_id))
+        FROM p
+        """
+    ).fetchone()
+    assert bad == 0 and experiments == [HOMEPAGE]  # whole milliseconds, homepage only
+    table = pq.read_table(sample.out / "plays.parquet", columns=["date", "member_id"])
+    days = table.column("date").to_numpy().astype("datetime64[D]").astype(np.int64)
+    ids = table.column("member_id").to_numpy()
+    assert ((days[1:] > days[:-1]) | ((days[1:] == days[:-1]) & (ids[1:] >= ids[:-1]))).all()
+
+
+def test_quantile_truths_state_a_tail_effect_and_no_median_effect(sample: Generated) -> None:
+    exp = sample.manifest.experiment(HOMEPAGE)
+    assert set(exp.quantile_truths) == {"treatment"}
+    assert set(exp.quantile_truths["treatment"]) == {"start_latency_ms"}
+    for other in sample.manifest.experiments[1:]:
+        assert other.quantile_truths == {} and other.quantile_notes == []
+    assert any("PLANTED tail effect" in note for note in exp.quantile_notes)
+    truths = exp.quantile_truths["treatment"]["start_latency_ms"]
+    assert (truths.table, truths.column) == ("plays", "start_latency_ms")
+    assert list(truths.quantiles) == list(LATENCY_QUANTILES)
+    plays = _truth_population_plays(sample.out)
+    assert truths.rows == len(plays["member_id"])
+    assert truths.units == len(np.unique(plays["member_id"]))
+    assert truths.rows_exposed == int(plays["exposed"].sum())
+    assert truths.units_exposed == len(np.unique(plays["member_id"][plays["exposed"]]))
+    assert truths.units <= exp.truth_population["members"]
+
+    median = truths.quantiles["0.5"]
+    assert median.control_quantile is not None and 300 < median.control_quantile < 500
+    assert median.control_quantile == median.variant_quantile and median.true_itt_abs == 0.0
+    assert median.true_effect_on_exposed_abs == 0.0
+    for q, least in (("0.9", 0.15), ("0.95", 0.3)):
+        t = truths.quantiles[q]
+        assert t.control_quantile is not None and t.variant_quantile is not None
+        assert t.true_itt_abs == t.variant_quantile - t.control_quantile
+        assert t.true_itt_rel is not None and t.true_itt_rel < -least
+        # Only exposed members' stalls shorten: the effect on them is the larger one.
+        assert t.true_effect_on_exposed_abs is not None
+        assert t.true_effect_on_exposed_abs < t.true_itt_abs < 0
+
+
+def test_quantile_truths_are_the_quantiles_of_both_potential_outcomes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's quantiles recomputed exactly from the tables. A member's observed
+    latencies are its treated potential outcomes in treatment and its untreated ones in
+    control; generated again with the roles swapped (control's exposed members get the
+    shorter stalls), every member shows its other potential outcome, so the two tables
+    together hold both outcomes of every play."""
+    normal = generate(tmp_path / "normal", members=3_000, seed=5)
+    monkeypatch.setattr(gen_module, "_PLAYS_VARIANT", 0)
+    swapped = generate(tmp_path / "swapped", members=3_000, seed=5)
+    # Truths come from the potential outcomes, not from who was assigned which variant, and
+    # nothing but the plays table looks at the swap.
+    assert swapped.to_dict() == normal.to_dict()
+    for a, b in zip(_tables(tmp_path / "normal"), _tables(tmp_path / "swapped"), strict=True):
+        assert a.equals(b)
+    n, s = (
+        _truth_population_plays(tmp_path / "normal"),
+        _truth_population_plays(tmp_path / "swapped"),
+    )
+    for column in ("member_id", "variant", "exposed", "date"):
+        assert np.array_equal(n[column], s[column])  # the same plays in the same order
+    control = n["variant"] == "control"
+    y0 = np.where(control, n["start_latency_ms"], s["start_latency_ms"])
+    y1 = np.where(control, s["start_latency_ms"], n["start_latency_ms"])
+    exposed = n["exposed"]
+
+    changed = y1 != y0
+    assert not changed[~exposed].any()  # unexposed members are untouched
+    assert 0.08 < changed[exposed].mean() < 0.12  # the stalls: 10% of exposed plays
+    assert (y1[changed] < y0[changed]).all() and y1[changed].min() > 750
+
+    truths = normal.experiment(HOMEPAGE).quantile_truths["treatment"]["start_latency_ms"]
+    assert truths.rows == len(y0) and truths.rows_exposed == int(exposed.sum())
+    assert truths.quantiles["0.5"].control_quantile is not None
+    assert y1[changed].min() > truths.quantiles["0.5"].control_quantile  # stalls: above median
+    for q, t in truths.quantiles.items():
+        assert t.control_quantile == _quantile(y0, q)
+        assert t.variant_quantile == _quantile(y1, q)
+        assert t.control_quantile_exposed == _quantile(y0[exposed], q)
+        assert t.variant_quantile_exposed == _quantile(y1[exposed], q)
+        assert t.true_itt_abs == _quantile(y1, q) - _quantile(y0, q)
+        on_exposed = _quantile(y1[exposed], q) - _quantile(y0[exposed], q)
+        assert t.true_effect_on_exposed_abs == on_exposed
+
+
+def test_other_tables_do_not_depend_on_the_plays_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plays table draws from streams of its own: generated with its draws replaced by
+    nothing, the assignments, the daily table and every other manifest figure are
+    bit-identical."""
+    with_plays = generate(tmp_path / "with", members=3_000, seed=5)
+    monkeypatch.setattr(
+        gen_module, "_latency_levels", lambda seed, block, device, log_lam: np.zeros(len(device))
+    )
+    empty = pa.RecordBatch.from_pylist([], schema=gen_module.PLAYS_SCHEMA)
+    monkeypatch.setattr(gen_module, "_plays_slice", lambda *args: empty)
+    without = generate(tmp_path / "without", members=3_000, seed=5)
+    for a, b in zip(_tables(tmp_path / "with"), _tables(tmp_path / "without"), strict=True):
+        assert a.equals(b)
+    assert _plays(tmp_path / "without").num_rows == 0
+
+    def other_fields(manifest: Manifest) -> dict[str, Any]:
+        data = manifest.to_dict()
+        data["files"].pop("plays")
+        for exp in data["experiments"]:
+            exp.pop("quantile_truths")
+            exp.pop("quantile_notes")
+        return data
+
+    assert other_fields(with_plays) == other_fields(without)
+
+
+def test_estimated_quantile_differences_match_truth(sample: Generated) -> None:
+    """What an event-level analysis of the default sample sees: members as clusters, the
+    observed difference of quantiles within sampling error of the truth, the p90 and p95
+    improvements far beyond it, and plays within a member strongly correlated."""
+    exp = sample.manifest.experiment(HOMEPAGE)
+    truths = exp.quantile_truths["treatment"]["start_latency_ms"]
+    plays = _truth_population_plays(sample.out)
+    for population in ("itt", "exposed"):
+        rows = plays["exposed"] if population == "exposed" else np.ones(len(plays["exposed"]), bool)
+        hist = {
+            v: EventHistogram.from_events(
+                plays["member_id"][rows & (plays["variant"] == v)],
+                plays["start_latency_ms"][rows & (plays["variant"] == v)],
+            )
+            for v in ("control", "treatment")
+        }
+        for q, t in truths.quantiles.items():
+            effect = quantile_clustered(hist["control"], hist["treatment"], float(q))
+            if population == "itt":
+                truth, control = t.true_itt_abs, t.control_quantile
+            else:
+                truth, control = t.true_effect_on_exposed_abs, t.control_quantile_exposed
+            assert truth is not None and control is not None
+            z = (effect.abs_effect - truth) / effect.abs_se
+            assert abs(z) < 4, (population, q, effect.abs_effect, truth, effect.abs_se)
+            # Control members' latencies are their untreated outcomes: a sample of the truth.
+            z_control = (effect.mean_control - control) / effect.extra["se_control"]
+            assert abs(z_control) < 4, (population, q, effect.mean_control, control)
+            if q == "0.5":
+                # Heavy viewers make most plays: the clustering matters, an iid analysis
+                # would understate the standard error several times over.
+                assert effect.extra["design_effect_control"] > 5
+            else:
+                assert effect.abs_effect / effect.abs_se < -5, (population, q)
+
+
 # --- entry points -----------------------------------------------------------------------
 def test_rejects_bad_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="members"):
@@ -758,4 +1008,5 @@ def test_module_cli(tmp_path: Path) -> None:
         "engagement_daily.parquet",
         "experiment_assignments.parquet",
         "manifest.json",
+        "plays.parquet",
     ]

@@ -125,9 +125,8 @@ def tv_only(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Da
         root / "experiment_assignments.parquet",
     )
     text = (sample_dir / "experiments.toml").read_text()
-    text = text.replace(
-        '"engagement_daily.parquet"', f'"{sample_dir / "engagement_daily.parquet"}"'
-    )
+    for table in ("engagement_daily.parquet", "plays.parquet"):
+        text = text.replace(f'"{table}"', f'"{sample_dir / table}"')
     (root / "experiments.toml").write_text(text)
     return _run(root / "experiments.toml").scorecard.to_pandas()
 

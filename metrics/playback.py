@@ -1,0 +1,16 @@
+"""Sources on the plays table: one row per play, for quantile metrics over events."""
+
+from xpkit import Source
+
+
+class Plays(Source):
+    """One row per play, with its start latency in milliseconds (``start_latency_ms``).
+
+    The sample data has it for homepage_ranking_v2 members on the days of their analysis
+    window. Event-level quantile metrics (the p95 of start latency over all plays, members
+    as clusters) are defined on it.
+    """
+
+    table = "plays"
+    unit = "member_id"
+    time = "date"
