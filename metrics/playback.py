@@ -1,6 +1,6 @@
 """Sources on the plays table: one row per play, for quantile metrics over events."""
 
-from xpkit import Source
+from xpkit import Metric, Source
 
 
 class Plays(Source):
@@ -14,3 +14,24 @@ class Plays(Source):
     table = "plays"
     unit = "member_id"
     time = "date"
+
+
+class StartLatencyP95(Metric):
+    """95th percentile of play start latency over all plays (event level, members as
+    clusters)."""
+
+    source = Plays
+    value = "start_latency_ms"
+    kind = "quantile"
+    quantile = 0.95
+    higher_is_better = False
+
+
+class StartLatencyMedian(Metric):
+    """Median play start latency over all plays (event level, members as clusters)."""
+
+    source = Plays
+    value = "start_latency_ms"
+    kind = "quantile"
+    quantile = 0.5
+    higher_is_better = False

@@ -107,6 +107,10 @@ def test_unknown_column_names_metric_and_column(sample_copy: Path, tmp_path: Pat
         "guardrails = [\n"
         '  { metric = "errors", margin = 0.05 },\n'
         '  { metric = "errors_per_play", margin = 0.05 },\n'
+        "  # Quantiles of play start latency over all plays: the treatment shortens stalls (the\n"
+        "  # tail, p95) and leaves the median alone.\n"
+        '  { metric = "start_latency_p95", margin = 0.05 },\n'
+        '  { metric = "start_latency_median", margin = 0.05 },\n'
         "]",
         'metrics = ["watch_seconds"]',
     )

@@ -295,8 +295,11 @@ def test_quantile_metrics_are_labelled(page: str) -> None:
     assert "quantile" in sessions
     assert not any(
         "quantile" in t
-        for t in figures(page)["exp-homepage_ranking_v2-forest"]["layout"]["yaxis"]["ticktext"]
+        for t in figures(page)["exp-artwork_abc-forest"]["layout"]["yaxis"]["ticktext"]
     )
+    # The sample's own quantile metrics (play start latency) are labelled too.
+    home = figures(page)["exp-homepage_ranking_v2-forest"]["layout"]["yaxis"]["ticktext"]
+    assert any(t.startswith("start_<br>latency_p95<br>") and "quantile" in t for t in home)
 
 
 def test_one_experiment_and_a_run_date(published: Path, tmp_path: Path) -> None:

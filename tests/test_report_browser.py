@@ -155,6 +155,13 @@ def expected_charts(out: Path) -> dict[str, list[tuple[str, str, int]]]:
             if guarded:
                 traces.append(("*", "non-inferiority margin", 2 * len(guarded)))
             charts[f"{anchor}-slices-{i}"] = traces
+        kept = (run.scorecard.schema.metadata or {}).get(b"xpkit.histograms")
+        levels = {r["metric"]: r.get("quantile_level") for r in overall}
+        for i, (metric, populations) in enumerate(json.loads(kept or b"{}").items()):
+            if "itt" in populations and levels.get(metric) is not None:
+                charts[f"{anchor}-dist-{i}"] = [
+                    (None, v, len(h["values"])) for v, h in populations["itt"].items()
+                ]
     return charts
 
 
