@@ -109,7 +109,7 @@ def resolve_metrics(
     try:
         return registry.resolve(experiment.all_metrics)
     except MetricDefinitionError as err:
-        raise ConfigError(f"{config.path}: experiment[{experiment_id}].metrics: {err}") from None
+        raise ConfigError(f"{config.origin}: experiment[{experiment_id}].metrics: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def resolve_dates(
     elif as_of > data_through:
         have = ", ".join(f"{s.table!r} through {d}" for s, d in last_dates.items())
         raise DataError(
-            f"{config.path}: experiment {experiment_id!r}: --as-of {as_of} is after the data "
+            f"{config.origin}: experiment {experiment_id!r}: --as-of {as_of} is after the data "
             f"({have}; run date {run_date}): windows ending after {data_through} would count "
             f"as complete with days missing. Give an as-of date on or before {data_through}, "
             f"or leave it out to use the last date every source has"
@@ -247,7 +247,7 @@ def slice_request(
             sorted({m.source.table for m in metrics}),
         )
     except DataError as err:
-        raise DataError(f"{config.path}: experiment {experiment.id!r}: {err}") from None
+        raise DataError(f"{config.origin}: experiment {experiment.id!r}: {err}") from None
     return replace(request, from_attributes=from_attributes)
 
 
@@ -277,17 +277,17 @@ def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: 
     try:
         check_columns(metrics, config.run.assignments, schemas)
     except DataError as err:
-        raise DataError(f"{config.path}: {err}") from None
+        raise DataError(f"{config.origin}: {err}") from None
     probe(config, metrics, engine)
     log = config.run.exposures
     if log is not None:
         cols = engine.columns(log.table)
         if cols is None:
-            raise DataError(f"{config.path}: exposures: table {log.table!r} does not exist")
+            raise DataError(f"{config.origin}: exposures: table {log.table!r} does not exist")
         missing = [c for c in (log.experiment, log.unit, log.timestamp) if c not in cols]
         if missing:
             raise DataError(
-                f"{config.path}: exposures: column(s) {missing} do not exist in table "
+                f"{config.origin}: exposures: column(s) {missing} do not exist in table "
                 f"{log.table!r} (columns: {', '.join(cols)})"
             )
 
