@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -81,6 +82,9 @@ from xpkit.readout import (
     read_slice_cells,
 )
 from xpkit.stats.means import _check_binary
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass(frozen=True)
@@ -648,9 +652,13 @@ def engine_for(
     memory_limit: str | None = None,
     threads: int | None = None,
     temp_directory: str | None = None,
+    frames: Mapping[str, object] | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
 ) -> Engine:
     """The engine ``name`` (else the config's ``engine``) over the config's tables, with
-    the command line's resources where given, else the config's."""
+    the command line's resources where given, else the config's; ``frames`` are
+    in-memory tables beside them and ``connection`` a DuckDB connection to run on (both
+    DuckDB's: see engines.duckdb)."""
     return open_engine(
         name or config.run.engine,
         config.run.tables,
@@ -659,6 +667,8 @@ def engine_for(
         threads=threads or config.run.threads,
         temp_directory=temp_directory or config.run.temp_directory,
         timezone=config.run.timezone,
+        frames=frames,
+        connection=connection,
     )
 
 
@@ -666,8 +676,9 @@ def run_all(
     config: LoadedConfig,
     registry: MetricRegistry,
     experiment_ids: Sequence[str],
-    out_dir: Path,
+    out_dir: Path | None,
     *,
+    engine: Engine | None = None,
     engine_name: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
@@ -683,9 +694,14 @@ def run_all(
     Every experiment's metrics and columns are checked before the first one runs, so a
     mistake in the third experiment of a config stops the job before anything is written.
     ``on_published`` is called with each run as soon as it is on disk. ``slices``
-    replaces every listed experiment's configured slices.
+    replaces every listed experiment's configured slices. ``out_dir=None`` publishes
+    nothing: the runs are returned, each a first look for the group-sequential rule (the
+    earlier looks are the runs recorded under ``out_dir``). ``engine`` runs on an engine
+    the caller opened (and closes) instead of opening one.
     """
-    engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
+    own = engine is None
+    if engine is None:
+        engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
@@ -703,13 +719,19 @@ def run_all(
                 run_date=filed,
                 allow_invalid=allow_invalid,
                 history=history,
-                past_fractions=recorded_fractions(out_dir, experiment_id, filed),
+                past_fractions=(
+                    recorded_fractions(out_dir, experiment_id, filed) if out_dir else ()
+                ),
                 schema_checked=True,
                 slices=slices,
             )
+            if out_dir is None:
+                runs.append(run)
+                continue
             runs.append(write_run(run, out_dir))
             if on_published is not None:
                 on_published(runs[-1])
         return runs
     finally:
-        engine.close()
+        if own:
+            engine.close()
