@@ -31,12 +31,9 @@ from xpkit.errors import (
     EXIT_INTERNAL,
     EXIT_INVALID_RESULT,
     EXIT_OK,
-    BadInputError,
-    ConfigError,
     XpkitError,
 )
-from xpkit.locations import location_matches
-from xpkit.output.storage import read_run, select_runs
+from xpkit.output.storage import check_out_folder, read_run, select_runs
 from xpkit.output.tables import run_is_valid
 from xpkit.output.terminal import Style, render_history, render_plan, render_scorecard
 from xpkit.output.validate import validate_scorecard
@@ -151,30 +148,6 @@ def _style(full: bool = False) -> Style:
     )
     width = shutil.get_terminal_size((100, 24)).columns
     return Style(width=max(40, min(width, 200)), color=bool(color), full=full)
-
-
-def _check_out(out_dir: Path, config: LoadedConfig) -> None:
-    """Before computing: the output folder can be written, and no table reads it."""
-    probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
-    for name, location in config.run.tables.items():
-        if location_matches(location, probe) or location_matches(location, out_dir):
-            raise ConfigError(
-                f"--out {out_dir}: the folder is inside table {name!r}'s location "
-                f"{location!r}, so a later run would read its own scorecards as data; "
-                f"write them to a folder outside the tables' paths"
-            )
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise BadInputError(
-            f"--out {out_dir}: {existing} is a file, not a folder; choose another --out"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInputError(
-            f"--out {out_dir}: folder {existing} is not writable; choose a folder you can "
-            f"write to, or fix its permissions"
-        )
 
 
 _engine_option = click.option(
@@ -362,7 +335,7 @@ def run_command(
             "--slice computes slices on demand for one experiment: add --experiment ID "
             "(slices for every run of an experiment go in its config: slices = [...])"
         )
-    _check_out(out_dir, config)
+    check_out_folder(out_dir, config.run.tables)
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
