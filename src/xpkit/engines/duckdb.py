@@ -83,9 +83,12 @@ class DuckDBEngine:
             self._own_temp = str(own)
             weakref.finalize(self, shutil.rmtree, self._own_temp, True)
         try:
-            # Scheduled runs write logs: no carriage-return progress bar in them.
+            # Scheduled runs write logs: no carriage-return progress bar in them. (Under
+            # Jupyter without ipywidgets DuckDB refuses to change the setting at all, and
+            # shows no bar either.)
             if not self._borrowed:
-                self._set("enable_progress_bar", "false")
+                with contextlib.suppress(duckdb.Error):
+                    self._set("enable_progress_bar", "false")
             # A TIMESTAMPTZ becomes a calendar date in this zone, not in the machine's.
             self._set("TimeZone", exp.Literal.string(timezone).sql())
             if memory_limit:
