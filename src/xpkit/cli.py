@@ -525,6 +525,50 @@ def report_command(out_dir: Path, experiment_id: str | None, run_date: Any, out_
     return EXIT_OK
 
 
+@main.command("notebook")
+@_config_option
+@click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-date", type=click.DateTime(formats=["%Y-%m-%d"]), help="As xpkit run's.")
+@click.option("--history", is_flag=True, help="Also compute the daily history.")
+@_metrics_dir_option
+@_as_of_option
+@_guard
+def notebook_command(
+    config_path: Path,
+    experiment_id: str,
+    out_file: Path,
+    run_date: Any,
+    history: bool,
+    metrics_dir: str | None,
+    as_of: Any,
+) -> int:
+    """Write a Jupyter notebook that reproduces a scheduled run of one experiment.
+
+    It runs the same config, metrics and SQL as xpkit run with these options, through the
+    Python API, shows the report's tables and charts, and has a marked cell to change a
+    metric's definition and re-run.
+
+    \b
+    Example:
+      xpkit notebook --experiment homepage_ranking_v2 --history --out homepage.ipynb
+    """
+    from xpkit.api.notebook import write_notebook
+
+    day, until = (d.date() if d else None for d in (run_date, as_of))
+    path = write_notebook(
+        out_file,
+        config_path,
+        experiment_id,
+        metrics_dir=metrics_dir,
+        run_date=day,
+        as_of=until,
+        history=history,
+    )
+    click.echo(f"wrote {path}")
+    return EXIT_OK
+
+
 @main.command("sample-data")
 @click.option("--members", type=int, default=40_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
