@@ -458,7 +458,7 @@ def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> Loade
     """
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{DICT_ORIGIN}: a {type(data).__name__} is not a configuration; give the path "
+            f"{DICT_ORIGIN}: {type(data).__name__!r} is not a configuration; give the path "
             f"of a TOML file or a dict with the same fields"
         )
     plain = dict(data)

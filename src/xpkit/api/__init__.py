@@ -159,9 +159,9 @@ def run(
     picked = _slices(slices, ids)
     day, as_of_day = _date(run_date, "run_date"), _date(as_of, "as_of")
     if memory_limit is not None:
-        memory_limit = _checked(memory_limit, str, check_memory_limit, "memory_limit")
+        memory_limit = _checked(memory_limit, str, check_memory_limit, "memory_limit", "text")
     if threads is not None:
-        threads = _checked(threads, int, check_threads, "threads")
+        threads = _checked(threads, int, check_threads, "threads", "a whole number")
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_folder(out_dir, loaded.run.tables)
@@ -205,7 +205,7 @@ def _config(config: ConfigSource) -> LoadedConfig:
     if isinstance(config, str | os.PathLike):
         return load_config(Path(config))
     raise ConfigError(
-        f"config: a {type(config).__name__} is not a configuration; give the path of an "
+        f"config: {_a(config)} is not a configuration; give the path of an "
         f"experiments TOML file or a dict with the same fields"
     )
 
@@ -218,7 +218,7 @@ def _with_tables(
         return config, {}
     if not isinstance(tables, Mapping):
         raise ConfigError(
-            f"tables: a {type(tables).__name__} is not a mapping; give a dict of logical "
+            f"tables: {_a(tables)} is not a mapping; give a dict of logical "
             f"table names to DataFrames, Arrow tables, DuckDB relations or paths"
         )
     cwd = Path.cwd()
@@ -260,7 +260,7 @@ def _registry(config: LoadedConfig, metrics: MetricsSource | None) -> MetricRegi
     if isinstance(metrics, Iterable) and not isinstance(metrics, Mapping):
         return registry_of(metrics)
     raise MetricDefinitionError(
-        f"metrics: a {type(metrics).__name__} is not metrics; give a list of Metric "
+        f"metrics: {_a(metrics)} is not metrics; give a list of Metric "
         f"classes or the path of a metrics folder"
     )
 
@@ -303,19 +303,27 @@ def _date(value: date | str | None, name: str) -> date | None:
     if isinstance(value, date):
         return value
     try:
-        return date.fromisoformat(str(value))
+        if isinstance(value, str):
+            return date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not a date; write YYYY-MM-DD") from None
+        pass
+    raise ConfigError(f"{name}: {value!r} is not a date; write YYYY-MM-DD")
 
 
-def _checked(value: Any, kind: type, check: Callable[[Any], Any], name: str) -> Any:
+def _checked(value: Any, kind: type, check: Callable[[Any], Any], name: str, what: str) -> Any:
     """``value`` through the command line's check of the option of the same name."""
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{name}: {value!r} is not a {kind.__name__}")
+        raise ConfigError(f"{name}: {value!r} is not {what}")
     try:
         return check(value)
     except ValueError as err:
         raise ConfigError(f"{name}: {err}") from None
+
+
+def _a(value: object) -> str:
+    """``a list``, ``an int``: what a value is, for a message."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _check_connection(connection: object) -> None:
@@ -325,6 +333,6 @@ def _check_connection(connection: object) -> None:
 
     if not isinstance(connection, duckdb.DuckDBPyConnection):
         raise ConfigError(
-            f"connection: a {type(connection).__name__} is not a DuckDB connection; pass "
+            f"connection: {_a(connection)} is not a DuckDB connection; pass "
             f"the result of duckdb.connect(...), or leave it out for a private one"
         )

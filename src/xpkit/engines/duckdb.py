@@ -192,8 +192,9 @@ class DuckDBEngine:
                     f"pass that connection as connection= (duckdb.default_connection() for "
                     f"duckdb.sql(...)), or its data (relation.arrow())"
                 ) from None
+            kind = type(frame).__name__
             raise DataError(
-                f"table {name!r}: DuckDB cannot read a {type(frame).__name__} "
+                f"table {name!r}: DuckDB cannot read {'an' if kind[:1] in 'aeiouAEIOU' else 'a'} {kind} "
                 f"({_first_line(err)}); pass a pandas or polars DataFrame, a pyarrow Table or "
                 f"a DuckDB relation"
             ) from None
