@@ -13,6 +13,7 @@ function xpkitCharts(root) {
   root.querySelectorAll("script[data-chart]").forEach(function (node) {
     var figure = JSON.parse(node.textContent);
     var div = document.getElementById(node.getAttribute("data-chart"));
+    if (!div) { return; }
     // The figure's height on the element too: a responsive resize sizes the plot to it.
     if (figure.layout.height) { div.style.height = figure.layout.height + "px"; }
     pending.push(Plotly.newPlot(div, figure.data, figure.layout, config).then(fitTicks));

@@ -141,8 +141,14 @@ class ExperimentPage:
 
     @property
     def charts(self) -> list[Chart]:
-        found = [c for c in (self.forest, self.history) if c is not None]
-        return found + [s.chart for s in self.slices]
+        return self.charts_in(PARTS)
+
+    def charts_in(self, parts: Collection[str]) -> list[Chart]:
+        """The charts of the sections ``parts`` shows (the forests are the effects')."""
+        found = [self.forest] if "effects" in parts else []
+        found += [self.history] if "history" in parts else []
+        found += [s.chart for s in self.slices] if "effects" in parts else []
+        return [c for c in found if c is not None]
 
     @property
     def status(self) -> str:
