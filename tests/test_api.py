@@ -517,3 +517,38 @@ def test_import_xpkit_stays_cheap() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout.splitlines()
     assert out == ["[]", "True True False"]
+
+
+# -- the README's example -------------------------------------------------------------------
+
+
+def readme_example() -> str:
+    """The first Python block of the README's section on the Python API."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## A Python API for notebooks", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readme_example_runs_on_the_sample_data(
+    sample_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(sample_copy)
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("treatment vs control: ")
+    assert printed[-1] == "['player_srm', 'search_exposure_bug']"
+    assert isinstance(namespace["result"], xpkit.Result)
+    assert isinstance(namespace["scorecard"], pd.DataFrame) and len(namespace["scorecard"]) > 0
+    mine = namespace["mine"]
+    assert set(mine.scorecard.to_pandas()["metric"]) == {"watch_seconds", "streamers"}
+    # The notebook's classes compute what the metrics folder's classes of the same
+    # definition compute.
+    folder = namespace["result"].to_pandas().set_index(["population", "metric", "slice_value"])
+    ours = mine.to_pandas().set_index(["population", "metric", "slice_value"])
+    key = ("itt", "watch_seconds", "(all)")
+    assert ours.loc[key, "n_variant"] == folder.loc[key, "n_variant"]
+    assert ours.loc[key, "mean_control"] == pytest.approx(
+        folder.loc[key, "mean_control"], rel=1e-12
+    )
+    assert list(namespace["every"]) == IDS
