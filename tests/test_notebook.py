@@ -145,3 +145,34 @@ def test_a_metric_changed_in_the_marked_cell(scheduled: Path) -> None:
                 assert new["mean_control"] < old["mean_control"]  # capped at the median
         else:  # its own estimates; the family's adjusted p-values and the plan may move
             assert [new[k] for k in ESTIMATES] == [old[k] for k in ESTIMATES], new["metric"]
+
+
+def test_mistakes_are_the_command_line_s(sample_dir: Path, tmp_path: Path) -> None:
+    config = sample_dir / "experiments.toml"
+
+    def notebook(*args: str) -> Any:
+        return CliRunner().invoke(main, ["notebook", "--config", str(config), *args])
+
+    ran = notebook("--experiment", "nope", "--out", str(tmp_path / "x.ipynb"))
+    assert ran.exit_code == 2
+    assert ran.output == (
+        f"xpkit: error: {config}: no experiment with id 'nope' (known: homepage_ranking_v2, "
+        "artwork_abc, player_srm, search_exposure_bug)\n"
+    )
+    empty = tmp_path / "metrics"
+    empty.mkdir()
+    ran = notebook("--experiment", HOMEPAGE, "--metrics-dir", str(empty), "--out", "x.ipynb")
+    assert ran.exit_code == 2
+    assert ran.output == (
+        f"xpkit: error: {config}: experiment[{HOMEPAGE}].metrics: unknown metric "
+        f"'watch_seconds'; metrics in {empty}: (none)\n"
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ran = notebook("--experiment", HOMEPAGE, "--out", str(blocker / "x.ipynb"))
+    assert ran.exit_code == 2
+    assert ran.output == (
+        f"xpkit: error: --out {blocker / 'x.ipynb'}: cannot write the notebook (File "
+        "exists); choose a file in a folder you can write to\n"
+    )
+    assert not (tmp_path / "x.ipynb").exists()
