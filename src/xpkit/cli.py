@@ -31,12 +31,9 @@ from xpkit.errors import (
     EXIT_INTERNAL,
     EXIT_INVALID_RESULT,
     EXIT_OK,
-    BadInputError,
-    ConfigError,
     XpkitError,
 )
-from xpkit.locations import location_matches
-from xpkit.output.storage import read_run, select_runs
+from xpkit.output.storage import check_out_folder, read_run, select_runs
 from xpkit.output.tables import run_is_valid
 from xpkit.output.terminal import Style, render_history, render_plan, render_scorecard
 from xpkit.output.validate import validate_scorecard
@@ -151,30 +148,6 @@ def _style(full: bool = False) -> Style:
     )
     width = shutil.get_terminal_size((100, 24)).columns
     return Style(width=max(40, min(width, 200)), color=bool(color), full=full)
-
-
-def _check_out(out_dir: Path, config: LoadedConfig) -> None:
-    """Before computing: the output folder can be written, and no table reads it."""
-    probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
-    for name, location in config.run.tables.items():
-        if location_matches(location, probe) or location_matches(location, out_dir):
-            raise ConfigError(
-                f"--out {out_dir}: the folder is inside table {name!r}'s location "
-                f"{location!r}, so a later run would read its own scorecards as data; "
-                f"write them to a folder outside the tables' paths"
-            )
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise BadInputError(
-            f"--out {out_dir}: {existing} is a file, not a folder; choose another --out"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInputError(
-            f"--out {out_dir}: folder {existing} is not writable; choose a folder you can "
-            f"write to, or fix its permissions"
-        )
 
 
 _engine_option = click.option(
@@ -362,7 +335,7 @@ def run_command(
             "--slice computes slices on demand for one experiment: add --experiment ID "
             "(slices for every run of an experiment go in its config: slices = [...])"
         )
-    _check_out(out_dir, config)
+    check_out_folder(out_dir, config.run.tables)
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
@@ -549,6 +522,50 @@ def report_command(out_dir: Path, experiment_id: str | None, run_date: Any, out_
 
     day = run_date.date() if run_date else None
     click.echo(f"wrote {write_report(out_dir, out_file, experiment_id, day)}")
+    return EXIT_OK
+
+
+@main.command("notebook")
+@_config_option
+@click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-date", type=click.DateTime(formats=["%Y-%m-%d"]), help="As xpkit run's.")
+@click.option("--history", is_flag=True, help="Also compute the daily history.")
+@_metrics_dir_option
+@_as_of_option
+@_guard
+def notebook_command(
+    config_path: Path,
+    experiment_id: str,
+    out_file: Path,
+    run_date: Any,
+    history: bool,
+    metrics_dir: str | None,
+    as_of: Any,
+) -> int:
+    """Write a Jupyter notebook that reproduces a scheduled run of one experiment.
+
+    It runs the same config, metrics and SQL as xpkit run with these options, through the
+    Python API, shows the report's tables and charts, and has a marked cell to change a
+    metric's definition and re-run.
+
+    \b
+    Example:
+      xpkit notebook --experiment homepage_ranking_v2 --history --out homepage.ipynb
+    """
+    from xpkit.api.notebook import write_notebook
+
+    day, until = (d.date() if d else None for d in (run_date, as_of))
+    path = write_notebook(
+        out_file,
+        config_path,
+        experiment_id,
+        metrics_dir=metrics_dir,
+        run_date=day,
+        as_of=until,
+        history=history,
+    )
+    click.echo(f"wrote {path}")
     return EXIT_OK
 
 

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -377,21 +379,35 @@ class RunConfig(_Strict):
         return self
 
 
+# What messages call a configuration given as a dict rather than a file.
+DICT_ORIGIN = "the config"
+
+
 class LoadedConfig(BaseModel):
-    """A validated configuration plus where it came from (paths already resolved)."""
+    """A validated configuration plus where it came from (paths already resolved).
+
+    ``path`` is the TOML file, or None for a configuration given as a dict (the Python
+    API); messages start with :attr:`origin`, the file or ``"the config"``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    path: Path
+    path: Path | None
     sha256: str
     run: RunConfig
+
+    @property
+    def origin(self) -> str:
+        return DICT_ORIGIN if self.path is None else str(self.path)
 
     def experiment(self, experiment_id: str) -> ExperimentConfig:
         for e in self.run.experiment:
             if e.id == experiment_id:
                 return e
         known = ", ".join(e.id for e in self.run.experiment)
-        raise ConfigError(f"{self.path}: no experiment with id {experiment_id!r} (known: {known})")
+        raise ConfigError(
+            f"{self.origin}: no experiment with id {experiment_id!r} (known: {known})"
+        )
 
     @property
     def metrics_dir(self) -> Path | None:
@@ -429,8 +445,32 @@ def load_config(path: str | Path) -> LoadedConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    run = _resolve_paths(_validate(data, str(path)), path.parent.resolve(), str(path))
+    return LoadedConfig(path=path, sha256=hashlib.sha256(raw).hexdigest(), run=run)
+
+
+def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> LoadedConfig:
+    """A configuration given as a dict (the TOML file's schema), validated and resolved like
+    a file's; relative paths are relative to ``base`` (default: the working directory).
+
+    Messages name ``"the config"`` and the field. The hash is the SHA-256 of the dict as
+    canonical JSON (sorted keys; dates as ISO text).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{DICT_ORIGIN}: {type(data).__name__!r} is not a configuration; give the path "
+            f"of a TOML file or a dict with the same fields"
+        )
+    plain = dict(data)
+    run = _validate(plain, DICT_ORIGIN)
+    run = _resolve_paths(run, (base or Path.cwd()).resolve(), DICT_ORIGIN)
+    text = json.dumps(plain, sort_keys=True, default=str, separators=(",", ":"))
+    return LoadedConfig(path=None, sha256=hashlib.sha256(text.encode()).hexdigest(), run=run)
+
+
+def _validate(data: dict[str, Any], origin: str) -> RunConfig:
     try:
-        run = RunConfig.model_validate(data)
+        return RunConfig.model_validate(data)
     except ValidationError as err:
         lines = []
         for e in err.errors():
@@ -438,24 +478,30 @@ def load_config(path: str | Path) -> LoadedConfig:
             if e["type"] == "extra_forbidden":
                 msg = "unknown field (check the spelling)"
             lines.append(f"{_location(e['loc'], data)}: {msg}")
-        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
-    run = _resolve_paths(run, path.parent.resolve(), path)
-    return LoadedConfig(path=path, sha256=hashlib.sha256(raw).hexdigest(), run=run)
+        raise ConfigError(f"{origin}: " + "; ".join(lines)) from None
 
 
-def _resolve_paths(run: RunConfig, base: Path, path: Path) -> RunConfig:
+def resolve_location(location: str, base: Path) -> str | None:
+    """A table's location as the engines read it: a file path or glob made absolute against
+    ``base`` (None when nothing matches it); a table name or remote URL as written."""
+    if not is_file_location(location, base) or is_remote(location):
+        # A table inside the database, or a remote location (s3a://, gs://, hdfs://...)
+        # that only the engine can see: kept as written, checked when it is read.
+        return location
+    resolved = location if Path(location).is_absolute() else str(base / location)
+    # An existing path is taken as written (a folder named data[1] is not a pattern);
+    # ** also matches the folder itself, as the engines read it.
+    if not Path(resolved).exists() and not glob.glob(resolved, recursive=True):
+        return None
+    return resolved
+
+
+def _resolve_paths(run: RunConfig, base: Path, path: str) -> RunConfig:
     """Make relative paths relative to the config file and check that they exist."""
     tables: dict[str, str] = {}
     for name, location in run.tables.items():
-        if not is_file_location(location, base) or is_remote(location):
-            # A table inside the database, or a remote location (s3a://, gs://, hdfs://...)
-            # that only the engine can see: kept as written, checked when it is read.
-            tables[name] = location
-            continue
-        resolved = location if Path(location).is_absolute() else str(base / location)
-        # An existing path is taken as written (a folder named data[1] is not a pattern);
-        # ** also matches the folder itself, as the engines read it.
-        if not Path(resolved).exists() and not glob.glob(resolved, recursive=True):
+        resolved = resolve_location(location, base)
+        if resolved is None:
             raise ConfigError(f"{path}: tables.{name}: no file matches {location!r}")
         tables[name] = resolved
     database = run.database

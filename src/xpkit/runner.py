@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -90,6 +90,9 @@ from xpkit.readout import (
 )
 from xpkit.stats.means import _check_binary
 
+if TYPE_CHECKING:
+    import duckdb
+
 
 @dataclass(frozen=True)
 class ExperimentRun:
@@ -117,13 +120,13 @@ def resolve_metrics(
     try:
         metrics = registry.resolve(experiment.all_metrics)
     except MetricDefinitionError as err:
-        raise ConfigError(f"{config.path}: experiment[{experiment_id}].metrics: {err}") from None
+        raise ConfigError(f"{config.origin}: experiment[{experiment_id}].metrics: {err}") from None
     sequential = [
         m.name for m in metrics if m.kind == "quantile" and m.name in experiment.primary_metrics
     ]
     if sequential and experiment.stopping_rule != "fixed_horizon":
         raise ConfigError(
-            f"{config.path}: experiment[{experiment_id}]: primary metric(s) {sequential} are "
+            f"{config.origin}: experiment[{experiment_id}]: primary metric(s) {sequential} are "
             f"quantile metrics, which have no sequential test (stopping_rule is "
             f"{experiment.stopping_rule!r}); make them secondary metrics or guardrails "
             f'(another metric primary), or set stopping_rule = "fixed_horizon"'
@@ -189,7 +192,7 @@ def resolve_dates(
     elif as_of > data_through:
         have = ", ".join(f"{s.table!r} through {d}" for s, d in last_dates.items())
         raise DataError(
-            f"{config.path}: experiment {experiment_id!r}: --as-of {as_of} is after the data "
+            f"{config.origin}: experiment {experiment_id!r}: --as-of {as_of} is after the data "
             f"({have}; run date {run_date}): windows ending after {data_through} would count "
             f"as complete with days missing. Give an as-of date on or before {data_through}, "
             f"or leave it out to use the last date every source has"
@@ -266,7 +269,7 @@ def slice_request(
             sorted({m.source.table for m in metrics}),
         )
     except DataError as err:
-        raise DataError(f"{config.path}: experiment {experiment.id!r}: {err}") from None
+        raise DataError(f"{config.origin}: experiment {experiment.id!r}: {err}") from None
     return replace(request, from_attributes=from_attributes)
 
 
@@ -296,17 +299,17 @@ def check_schema(config: LoadedConfig, metrics: Sequence[type[Metric]], engine: 
     try:
         check_columns(metrics, config.run.assignments, schemas)
     except DataError as err:
-        raise DataError(f"{config.path}: {err}") from None
+        raise DataError(f"{config.origin}: {err}") from None
     probe(config, metrics, engine)
     log = config.run.exposures
     if log is not None:
         cols = engine.columns(log.table)
         if cols is None:
-            raise DataError(f"{config.path}: exposures: table {log.table!r} does not exist")
+            raise DataError(f"{config.origin}: exposures: table {log.table!r} does not exist")
         missing = [c for c in (log.experiment, log.unit, log.timestamp) if c not in cols]
         if missing:
             raise DataError(
-                f"{config.path}: exposures: column(s) {missing} do not exist in table "
+                f"{config.origin}: exposures: column(s) {missing} do not exist in table "
                 f"{log.table!r} (columns: {', '.join(cols)})"
             )
 
@@ -682,9 +685,13 @@ def engine_for(
     memory_limit: str | None = None,
     threads: int | None = None,
     temp_directory: str | None = None,
+    frames: Mapping[str, object] | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
 ) -> Engine:
     """The engine ``name`` (else the config's ``engine``) over the config's tables, with
-    the command line's resources where given, else the config's."""
+    the command line's resources where given, else the config's; ``frames`` are
+    in-memory tables beside them and ``connection`` a DuckDB connection to run on (both
+    DuckDB's: see engines.duckdb)."""
     return open_engine(
         name or config.run.engine,
         config.run.tables,
@@ -693,6 +700,8 @@ def engine_for(
         threads=threads or config.run.threads,
         temp_directory=temp_directory or config.run.temp_directory,
         timezone=config.run.timezone,
+        frames=frames,
+        connection=connection,
     )
 
 
@@ -700,8 +709,9 @@ def run_all(
     config: LoadedConfig,
     registry: MetricRegistry,
     experiment_ids: Sequence[str],
-    out_dir: Path,
+    out_dir: Path | None,
     *,
+    engine: Engine | None = None,
     engine_name: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
@@ -717,9 +727,14 @@ def run_all(
     Every experiment's metrics and columns are checked before the first one runs, so a
     mistake in the third experiment of a config stops the job before anything is written.
     ``on_published`` is called with each run as soon as it is on disk. ``slices``
-    replaces every listed experiment's configured slices.
+    replaces every listed experiment's configured slices. ``out_dir=None`` publishes
+    nothing: the runs are returned, each a first look for the group-sequential rule (the
+    earlier looks are the runs recorded under ``out_dir``). ``engine`` runs on an engine
+    the caller opened (and closes) instead of opening one.
     """
-    engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
+    own = engine is None
+    if engine is None:
+        engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
@@ -737,13 +752,19 @@ def run_all(
                 run_date=filed,
                 allow_invalid=allow_invalid,
                 history=history,
-                past_fractions=recorded_fractions(out_dir, experiment_id, filed),
+                past_fractions=(
+                    recorded_fractions(out_dir, experiment_id, filed) if out_dir else ()
+                ),
                 schema_checked=True,
                 slices=slices,
             )
+            if out_dir is None:
+                runs.append(run)
+                continue
             runs.append(write_run(run, out_dir))
             if on_published is not None:
                 on_published(runs[-1])
         return runs
     finally:
-        engine.close()
+        if own:
+            engine.close()

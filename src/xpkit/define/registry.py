@@ -55,7 +55,7 @@ def load_metrics(directory: str | Path | None = None) -> MetricRegistry:
         raise MetricDefinitionError(f"metrics directory {directory} does not exist")
     digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
     metrics: dict[str, type[Metric]] = {}
-    where: dict[str, Path] = {}
+    where: dict[str, str] = {}
     for file in sorted(directory.glob("*.py")):
         if file.name.startswith("_"):
             continue
@@ -81,11 +81,33 @@ def load_metrics(directory: str | Path | None = None) -> MetricRegistry:
                 and obj is not Metric
                 and obj.__module__ == module_name
             ):
-                if obj.name in metrics:
-                    raise MetricDefinitionError(
-                        f"{file}: metric name {obj.name!r} is already defined in "
-                        f"{where[obj.name]}; give one of them an explicit `name`"
-                    )
-                metrics[obj.name] = obj
-                where[obj.name] = file
+                _add(metrics, where, obj, str(file))
     return MetricRegistry(metrics=metrics, origin=str(directory))
+
+
+def registry_of(classes: Iterable[object], origin: str = "the metrics= list") -> MetricRegistry:
+    """A registry of Metric classes given directly (a notebook's, say), checked like a
+    folder's: each must be a Metric subclass, and two metrics may not share a name."""
+    metrics: dict[str, type[Metric]] = {}
+    where: dict[str, str] = {}
+    for obj in classes:
+        if not (isinstance(obj, type) and issubclass(obj, Metric) and obj is not Metric):
+            raise MetricDefinitionError(
+                f"{origin}: {obj!r} is not a Metric class; list classes that subclass "
+                f"xpkit.Metric (the classes themselves, not instances or names)"
+            )
+        if metrics.get(obj.name) is not obj:  # the same class listed twice is listed once
+            _add(metrics, where, obj, f"{obj.__module__}.{obj.__qualname__}")
+    return MetricRegistry(metrics=metrics, origin=origin)
+
+
+def _add(
+    metrics: dict[str, type[Metric]], where: dict[str, str], obj: type[Metric], at: str
+) -> None:
+    if obj.name in metrics:
+        raise MetricDefinitionError(
+            f"{at}: metric name {obj.name!r} is already defined in {where[obj.name]}; give "
+            f"one of them an explicit `name`"
+        )
+    metrics[obj.name] = obj
+    where[obj.name] = at

@@ -7,9 +7,13 @@ in its dialect. Engines know tables and SQL text, nothing of metrics or statisti
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from xpkit.engines.base import Engine
 from xpkit.errors import DataError
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["Engine", "open_engine"]
 
@@ -23,11 +27,15 @@ def open_engine(
     threads: int | None = None,
     timezone: str = "UTC",
     temp_directory: str | None = None,
+    frames: Mapping[str, object] | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
 ) -> Engine:
     """The engine a run asked for, by name (each imported only when asked for).
 
     ``memory_limit``, ``threads`` and ``temp_directory`` (the spill folder) are DuckDB's;
-    a Spark session takes its resources from its own configuration.
+    a Spark session takes its resources from its own configuration. ``frames`` (in-memory
+    tables by logical name) and ``connection`` (a DuckDB connection the caller owns) are
+    DuckDB's too.
     """
     if name == "duckdb":
         from xpkit.engines.duckdb import DuckDBEngine
@@ -39,6 +47,13 @@ def open_engine(
             threads=threads,
             timezone=timezone,
             temp_directory=temp_directory,
+            frames=frames,
+            connection=connection,
+        )
+    if frames or connection is not None:
+        raise DataError(
+            f"in-memory tables and a DuckDB connection run on the duckdb engine, not "
+            f"{name!r}; give the {name} engine's tables as locations in the config's [tables]"
         )
     if name == "spark":
         from xpkit.engines.spark import SparkEngine  # optional dependency

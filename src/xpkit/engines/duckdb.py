@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,7 +29,15 @@ _DATA_ERRORS: tuple[type[duckdb.Error], ...] = (
 
 
 class DuckDBEngine:
-    """DuckDB in process over Parquet files and/or a ``.duckdb`` database file."""
+    """DuckDB in process over Parquet files and/or a ``.duckdb`` database file.
+
+    ``frames`` are in-memory tables by logical name (pandas or polars DataFrames, pyarrow
+    Tables or Datasets, DuckDB relations: anything DuckDB scans from Python), registered
+    as views beside the ``tables`` locations. ``connection`` runs everything on a
+    connection the caller owns (a notebook's, whose tables and relations the run may then
+    read) instead of a private one: it is left as it was found, open, its settings
+    restored and the views this engine made dropped.
+    """
 
     dialect = "duckdb"
 
@@ -41,35 +50,54 @@ class DuckDBEngine:
         threads: int | None = None,
         temp_directory: str | None = None,
         timezone: str = "UTC",
+        frames: Mapping[str, object] | None = None,
+        connection: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
-        try:
-            self.con = duckdb.connect(database or ":memory:", read_only=bool(database))
-        except duckdb.Error as err:
-            raise DataError(
-                f"database {database!r} cannot be opened as a DuckDB database file "
-                f"({_first_line(err)}); point `database` at a .duckdb file, or list the "
-                f"tables' files under [tables]"
-            ) from None
+        self._borrowed = connection is not None
+        self._views: list[str] = []  # made on a borrowed connection: dropped at close
+        self._restore: dict[str, str] = {}  # a borrowed connection's settings before ours
+        self._own_temp: str | None = None
+        if connection is not None:
+            if database:
+                raise DataError(
+                    f"database {database!r} and a connection were both given; the run reads "
+                    f"the connection's tables: attach the database to it (ATTACH), or leave "
+                    f"out one of them"
+                )
+            self.con = connection
+        else:
+            try:
+                self.con = duckdb.connect(database or ":memory:", read_only=bool(database))
+            except duckdb.Error as err:
+                raise DataError(
+                    f"database {database!r} cannot be opened as a DuckDB database file "
+                    f"({_first_line(err)}); point `database` at a .duckdb file, or list the "
+                    f"tables' files under [tables]"
+                ) from None
         # Spill files go to a private folder removed at close, not the working directory.
         # Not created here: DuckDB makes the folder on its first spill, so runs that fit
         # in memory leave nothing behind; the finalizer removes it even if close() is not
-        # called.
-        self._own_temp: str | None = None
-        if not temp_directory:
+        # called. A borrowed connection keeps its own unless one is configured.
+        if not temp_directory and not self._borrowed:
             own = Path(tempfile.gettempdir()) / f"xpkit-spill-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self._own_temp = str(own)
             weakref.finalize(self, shutil.rmtree, self._own_temp, True)
         try:
-            # Scheduled runs write logs: no carriage-return progress bar in them.
-            self.con.execute("SET enable_progress_bar = false")
+            # Scheduled runs write logs: no carriage-return progress bar in them. (Under
+            # Jupyter without ipywidgets DuckDB refuses to change the setting at all, and
+            # shows no bar either.)
+            if not self._borrowed:
+                with contextlib.suppress(duckdb.Error):
+                    self._set("enable_progress_bar", "false")
             # A TIMESTAMPTZ becomes a calendar date in this zone, not in the machine's.
-            self.con.execute(f"SET TimeZone = {exp.Literal.string(timezone).sql()}")
+            self._set("TimeZone", exp.Literal.string(timezone).sql())
             if memory_limit:
-                self.con.execute(f"SET memory_limit = {exp.Literal.string(memory_limit).sql()}")
+                self._set("memory_limit", exp.Literal.string(memory_limit).sql())
             if threads:
-                self.con.execute(f"SET threads = {int(threads)}")
+                self._set("threads", str(int(threads)))
             spill = temp_directory or self._own_temp
-            self.con.execute(f"SET temp_directory = {exp.Literal.string(str(spill)).sql()}")
+            if spill:
+                self._set("temp_directory", exp.Literal.string(str(spill)).sql())
         except duckdb.Error as err:
             self.close()
             raise DataError(
@@ -95,12 +123,45 @@ class DuckDBEngine:
                 raise DataError(
                     f"table {name!r}: cannot read {location!r}: {_first_line(err)}{hint}"
                 ) from None
+        for name, frame in (frames or {}).items():
+            try:
+                self._register_frame(name, frame)
+            except DataError:
+                self.close()
+                raise
+
+    def _set(self, name: str, value: str) -> None:
+        """``SET name = value``, remembering a borrowed connection's value to restore."""
+        if self._borrowed and name not in self._restore:
+            row = self.con.execute("SELECT current_setting(?)", [name]).fetchone()
+            self._restore[name] = "" if row is None else str(row[0])
+        self.con.execute(f"SET {name} = {value}")
+
+    def _claim(self, name: str) -> str:
+        """The view's quoted name; on a borrowed connection, refuse to replace a temporary
+        table or view the caller already has under that name."""
+        view = exp.to_table(name).sql("duckdb")
+        if self._borrowed:
+            taken = self.con.execute(
+                "SELECT 1 FROM duckdb_views() WHERE temporary AND lower(view_name) = lower(?) "
+                "UNION ALL SELECT 1 FROM duckdb_tables() WHERE temporary "
+                "AND lower(table_name) = lower(?)",
+                [name, name],
+            ).fetchall()
+            if taken:
+                raise DataError(
+                    f"table {name!r}: the connection already has a temporary view or table "
+                    f"named {name!r}, which the run would replace; drop it first (DROP VIEW "
+                    f"{view}), or run on another connection"
+                )
+            self._views.append(view)
+        return view
 
     def _register(self, name: str, location: str) -> None:
         """A view named after the logical table, over the files or the database table."""
         if is_file_location(location):
             reader = "read_csv_auto" if location.endswith(".csv") else "read_parquet"
-            view = exp.to_table(name).sql("duckdb")
+            view = self._claim(name)
             path = exp.Literal.string(location).sql("duckdb")
             self.con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {reader}({path})"
@@ -108,9 +169,35 @@ class DuckDBEngine:
             if reader == "read_parquet" and not Path(location).is_file():
                 self._check_one_schema(name, location, view, path)
         elif location != name:
-            view = exp.to_table(name).sql("duckdb")
+            view = self._claim(name)
             target = exp.to_table(location).sql("duckdb")
             self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {target}")
+
+    def _register_frame(self, name: str, frame: object) -> None:
+        """A view named after the logical table over an in-memory object, read once here so
+        that an object DuckDB cannot scan is reported with its table's name."""
+        if exp.to_table(name).db:
+            raise DataError(
+                f"table {name!r}: an in-memory table needs a plain name (no schema): register "
+                f"it under {exp.to_table(name).name!r} and name that in the metrics' sources"
+            )
+        view = self._claim(name)
+        try:
+            self.con.register(name, frame)
+            self.con.sql(f"SELECT * FROM {view} LIMIT 0").fetchall()
+        except duckdb.Error as err:
+            if "another database" in str(err) or "another connection" in str(err):
+                raise DataError(
+                    f"table {name!r}: the DuckDB relation was made on another connection; "
+                    f"pass that connection as connection= (duckdb.default_connection() for "
+                    f"duckdb.sql(...)), or its data (relation.arrow())"
+                ) from None
+            kind = type(frame).__name__
+            raise DataError(
+                f"table {name!r}: DuckDB cannot read {'an' if kind[:1] in 'aeiouAEIOU' else 'a'} {kind} "
+                f"({_first_line(err)}); pass a pandas or polars DataFrame, a pyarrow Table or "
+                f"a DuckDB relation"
+            ) from None
 
     def _check_one_schema(self, name: str, location: str, view: str, path: str) -> None:
         """Every file of a glob or folder has the first file's columns (one table, not two).
@@ -163,6 +250,20 @@ class DuckDBEngine:
         except (duckdb.BinderException, duckdb.ParserException) as err:
             raise EngineStatementError(_first_line(err)) from err
 
+    def _give_back(self) -> None:
+        """A borrowed connection as it was found: our views dropped, its settings back."""
+        views, self._views = self._views, []
+        for view in views:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute(f"DROP VIEW IF EXISTS {view}")
+        restore, self._restore = self._restore, {}
+        for name, value in restore.items():
+            try:
+                self.con.execute(f"SET {name} = {exp.Literal.string(value).sql()}")
+            except duckdb.Error:
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute(f"RESET {name}")
+
     def _spill(self) -> str:
         try:
             return str(
@@ -172,8 +273,10 @@ class DuckDBEngine:
             return "?"
 
     def close(self) -> None:
-        if getattr(self, "con", None) is not None:
+        if getattr(self, "con", None) is not None and not self._borrowed:
             self.con.close()
+        elif getattr(self, "con", None) is not None:
+            self._give_back()
         own_temp = getattr(self, "_own_temp", None)
         if own_temp:
             shutil.rmtree(own_temp, ignore_errors=True)

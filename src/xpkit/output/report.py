@@ -26,7 +26,7 @@ import hashlib
 import importlib.resources
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -40,11 +40,22 @@ from xpkit.files import atomic_path
 from xpkit.output import charts
 from xpkit.output.charts import Chart, Row, finite, num, pct
 from xpkit.output.schemas import EFFECT_COLUMNS, HISTOGRAMS_METADATA_KEY, SQL_METADATA_KEY
-from xpkit.output.storage import PublishedRun, read_run, select_runs
+from xpkit.output.storage import Manifest, PublishedRun, read_run, select_runs
 from xpkit.output.validate import validate_table
 
 OVERALL = "(all)"
 TEMPLATE = "report.html.j2"
+FRAGMENT = "notebook.html.j2"
+STYLES = "report.css"
+SCRIPT = "report.js"
+# An experiment's sections, top to bottom; a notebook may show some of them.
+PARTS = ("banners", "health", "effects", "history", "provenance")
+# Shown under a notebook's chart while Plotly's JavaScript is not on the page.
+PLOTLY_MISSING = (
+    "The chart needs Plotly's JavaScript, which xpkit inlines into the first result a "
+    "Python session shows; that output is not on this page (cleared, or the notebook is "
+    "not trusted). Run xpkit.plotly_js() in a cell to load it, and the charts draw."
+)
 DECISION_LABELS = {
     "ship": "SHIP",
     "no_ship": "NO SHIP",
@@ -132,8 +143,15 @@ class ExperimentPage:
 
     @property
     def charts(self) -> list[Chart]:
-        found = [c for c in (self.forest, self.history) if c is not None]
-        return found + [s.chart for s in self.slices] + self.distributions
+        return self.charts_in(PARTS)
+
+    def charts_in(self, parts: Collection[str]) -> list[Chart]:
+        """The charts of the sections ``parts`` shows (the forests are the effects')."""
+        found = [self.forest] if "effects" in parts else []
+        found += [self.history] if "history" in parts else []
+        found += [s.chart for s in self.slices] if "effects" in parts else []
+        found += self.distributions if "effects" in parts else []
+        return [c for c in found if c is not None]
 
     @property
     def status(self) -> str:
@@ -269,7 +287,7 @@ def _look_bounds(rows: Sequence[Row]) -> dict[tuple[str, str], tuple[float, floa
 
 
 def _distributions(
-    anchor: str, run: PublishedRun, rows: Sequence[Row], colors: Mapping[str, str]
+    anchor: str, run: RunTables, rows: Sequence[Row], colors: Mapping[str, str]
 ) -> list[Chart]:
     """One chart per quantile metric whose histograms the scorecard file keeps."""
     raw = (run.scorecard.schema.metadata or {}).get(HISTOGRAMS_METADATA_KEY)
@@ -288,7 +306,7 @@ def _distributions(
     return out
 
 
-def _provenance(run: PublishedRun, first: Row | None, rows: Sequence[Row]) -> Provenance:
+def _provenance(run: RunTables, first: Row | None, rows: Sequence[Row]) -> Provenance:
     m = run.manifest
     metadata = run.scorecard.schema.metadata or {}
     raw = metadata.get(SQL_METADATA_KEY)
@@ -300,15 +318,15 @@ def _provenance(run: PublishedRun, first: Row | None, rows: Sequence[Row]) -> Pr
     for r in rows:
         metric_sha[r["metric"]] = metric_sha[r["metric"]] or r.get("metric_sha256")
     return Provenance(
-        xpkit_version=str(first.get("xpkit_version")) if first else m.xpkit_version,
-        run_id=m.run_id,
-        committed_at=_when(m.committed_at),
+        xpkit_version=str(first.get("xpkit_version")) if first else m.xpkit_version if m else "",
+        run_id=m.run_id if m else "",
+        committed_at=_when(m.committed_at) if m else "",
         computed_at=_when(first.get("computed_at")) if first else "",
         config_sha256=str(first.get("config_sha256") or "") if first else "",
         sql_sha256=sha,
         metric_sha256=tuple((k, str(v or "")) for k, v in metric_sha.items()),
         rows_read=tuple((str(t), int(n)) for t, n in pairs),
-        files=tuple(sorted(m.files.items())),
+        files=tuple(sorted(m.files.items())) if m else (),
         sql=sql,
         sql_verified=sql is not None and hashlib.sha256(sql.encode()).hexdigest() == sha,
     )
@@ -339,9 +357,28 @@ def _anchor(experiment_id: str, taken: set[str]) -> str:
     return anchor
 
 
-def experiment_page(run: PublishedRun, anchor: str) -> ExperimentPage:
-    """Everything the page shows of one published run."""
-    m = run.manifest
+@dataclass(frozen=True)
+class RunTables:
+    """A run's tables, published (with its manifest) or not: a notebook shows a run that
+    was computed in the session and maybe never written."""
+
+    experiment_id: str
+    run_date: date
+    scorecard: pa.Table
+    checks: pa.Table
+    history: pa.Table | None
+    manifest: Manifest | None = None
+
+    @classmethod
+    def of(cls, run: PublishedRun) -> RunTables:
+        m = run.manifest
+        return cls(m.experiment_id, m.run_date, run.scorecard, run.checks, run.history, m)
+
+
+def experiment_page(run: PublishedRun | RunTables, anchor: str) -> ExperimentPage:
+    """Everything the page shows of one run (published, or only computed)."""
+    if isinstance(run, PublishedRun):
+        run = RunTables.of(run)
     rows, slice_rows = _overall(run.scorecard)
     checks = _fold_slice_checks(run.checks.to_pylist())
     first = rows[0] if rows else None
@@ -384,9 +421,9 @@ def experiment_page(run: PublishedRun, anchor: str) -> ExperimentPage:
         else:
             history_note = "The run's history has no ITT rows."
     return ExperimentPage(
-        experiment_id=m.experiment_id,
+        experiment_id=run.experiment_id,
         anchor=anchor,
-        run_date=m.run_date.isoformat(),
+        run_date=run.run_date.isoformat(),
         as_of=str(first["as_of"]) if first else "",
         valid=valid,
         invalid_reason=str(first.get("invalid_reason") or "") if first else "",
@@ -415,15 +452,25 @@ def _read(run: PublishedRun) -> PublishedRun:
     return run
 
 
+def _resource(name: str) -> str:
+    return importlib.resources.files("xpkit.output").joinpath(name).read_text("utf-8")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.FunctionLoader(_resource),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
     )
     env.filters.update(pct=pct, num=num, p=lambda x: num(x, "{:.3g}"))
     env.globals.update(
         significant=charts.significant,
         populations=charts.POPULATION_LABELS,
         decisions=DECISION_LABELS,
+        css=_resource(STYLES),
+        js=_resource(SCRIPT),
     )
     return env
 
@@ -433,15 +480,48 @@ def render(
 ) -> str:
     from plotly.offline import get_plotlyjs
 
-    source = importlib.resources.files("xpkit.output").joinpath(TEMPLATE).read_text("utf-8")
-    template = _environment().from_string(source)
-    return template.render(
-        title=title,
-        pages=pages,
-        out=str(out),
-        generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
-        xpkit_version=__version__,
-        plotly_js=get_plotlyjs(),
+    return (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            title=title,
+            pages=pages,
+            parts=PARTS,
+            out=str(out),
+            generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+            xpkit_version=__version__,
+            plotly_js=get_plotlyjs(),
+        )
+    )
+
+
+def render_fragment(
+    pages: Sequence[ExperimentPage],
+    *,
+    root: str,
+    parts: Collection[str] = PARTS,
+    plotly_js: bool = False,
+    toc: bool = False,
+) -> str:
+    """The sections of ``pages`` as one element for a notebook's output (``root`` is its
+    id, unique on the page): ``parts`` of :data:`PARTS` only, the table of contents with
+    ``toc``, Plotly's JavaScript inlined with ``plotly_js``."""
+    library = ""
+    if plotly_js:
+        from plotly.offline import get_plotlyjs
+
+        library = get_plotlyjs()
+    return (
+        _environment()
+        .get_template(FRAGMENT)
+        .render(
+            root=root,
+            pages=pages,
+            parts=frozenset(parts),
+            toc=toc,
+            plotly_js=library,
+            missing=PLOTLY_MISSING,
+        )
     )
 
 

@@ -40,8 +40,9 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xpkit.errors import BadInputError
+from xpkit.errors import BadInputError, ConfigError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
+from xpkit.locations import location_matches
 from xpkit.output.schemas import RUN_ID_FIELD
 
 KINDS = ("scorecard", "checks", "history")
@@ -436,6 +437,31 @@ def _check_out(out: Path) -> None:
                 if old
                 else "give the --out folder of xpkit run"
             )
+        )
+
+
+def check_out_folder(out_dir: Path, tables: Mapping[str, str]) -> None:
+    """Before computing: the folder a run publishes to can be written, and no table (a
+    logical name -> location map) reads it."""
+    probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
+    for name, location in tables.items():
+        if location_matches(location, probe) or location_matches(location, out_dir):
+            raise ConfigError(
+                f"--out {out_dir}: the folder is inside table {name!r}'s location "
+                f"{location!r}, so a later run would read its own scorecards as data; "
+                f"write them to a folder outside the tables' paths"
+            )
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise BadInputError(
+            f"--out {out_dir}: {existing} is a file, not a folder; choose another --out"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(
+            f"--out {out_dir}: folder {existing} is not writable; choose a folder you can "
+            f"write to, or fix its permissions"
         )
 
 

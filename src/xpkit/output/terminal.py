@@ -167,6 +167,14 @@ def render_scorecard(
     return "\n".join(out)
 
 
+def render_checks(checks: pa.Table, style: Style | None = None) -> str:
+    """A run's health checks alone, as ``render_scorecard`` lists them."""
+    style = style or Style()
+    rows = checks.to_pylist()
+    title = f"Health checks of {rows[0]['experiment_id']}" if rows else "Health checks"
+    return "\n".join([title] + (_render_checks(rows, style) if rows else ["  (none)"]))
+
+
 def _render_checks(checks: list[dict], style: Style) -> list[str]:
     """Failed checks in full; passing ones on one line (every detail with ``full``); the
     per-slice SRM checks summarised unless one failed."""
