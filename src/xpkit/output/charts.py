@@ -547,7 +547,8 @@ def distribution(
                 x=values,
                 y=shares,
                 mode="lines",
-                line={"shape": "hv", "color": colors.get(variant), "width": 2},
+                # The control (not among the treatments' colours) in grey.
+                line={"shape": "hv", "color": colors.get(variant, "#6b7280"), "width": 2},
                 name=variant,
                 hovertemplate=f"{html.escape(variant)}: %{{y:.1%}} at or below %{{x:.4g}}<extra></extra>",
             )
