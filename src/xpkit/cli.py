@@ -12,21 +12,11 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from xpkit import __version__
-from xpkit.compile import DIALECTS
-from xpkit.config import (
-    LoadedConfig,
-    check_memory_limit,
-    check_threads,
-    load_config,
-    parse_slices,
-)
-from xpkit.define.registry import MetricRegistry, load_metrics
-from xpkit.engines import Engine
 from xpkit.errors import (
     EXIT_INTERNAL,
     EXIT_INVALID_RESULT,
@@ -35,12 +25,50 @@ from xpkit.errors import (
     ConfigError,
     XpkitError,
 )
-from xpkit.locations import location_matches
-from xpkit.output.storage import read_run, select_runs
-from xpkit.output.tables import run_is_valid
-from xpkit.output.terminal import Style, render_history, render_plan, render_scorecard
-from xpkit.output.validate import validate_scorecard
-from xpkit.runner import ExperimentRun, compile_experiment, engine_for, run_all
+
+# Everything else is imported by the command that needs it: `xpkit --version` and
+# `--help` load click alone, and a run loads neither the report's Plotly nor scipy.stats.
+if TYPE_CHECKING:
+    from xpkit.config import LoadedConfig
+    from xpkit.define.registry import MetricRegistry
+    from xpkit.engines import Engine
+    from xpkit.output.terminal import Style
+    from xpkit.runner import ExperimentRun
+
+# The dialects `xpkit sql --dialect` prints (xpkit.compile.DIALECTS, which a test keeps
+# equal to this list): named here so that building the command loads no SQL machinery.
+DIALECT_NAMES = ("duckdb", "spark", "bigquery", "snowflake", "trino", "postgres")
+
+
+def run_all(*args: Any, **kwargs: Any) -> list[ExperimentRun]:
+    """:func:`xpkit.runner.run_all`, imported on the first call."""
+    from xpkit.runner import run_all as run
+
+    return run(*args, **kwargs)
+
+
+class _NoPandasForPyarrow:
+    """An import hook refusing ``import pandas`` when xpkit's or pyarrow's own code asks.
+
+    pyarrow, when pandas is installed, imports it (about 0.5 s, a third of a run's start-up)
+    on its first conversion between Arrow and Python or NumPy values, to recognise pandas
+    objects and timestamps; xpkit never hands it one, and pyarrow converts the same values
+    the same way without it. Any other importer (a metrics file, PySpark, Plotly) gets
+    pandas as usual. Installed only while a command runs, and only if pandas is not
+    loaded already.
+    """
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name != "pandas":
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            frame = frame.f_back  # type: ignore[assignment]
+        caller = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+        if caller.split(".")[0] in ("xpkit", "pyarrow"):
+            raise ModuleNotFoundError("pandas is not needed by xpkit's command line", name=name)
+        return None
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -48,6 +76,9 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        hook = "pandas" not in sys.modules and _NoPandasForPyarrow not in sys.meta_path
+        if hook:
+            sys.meta_path.insert(0, _NoPandasForPyarrow)
         try:
             code = func(*args, **kwargs)
         except BrokenPipeError:
@@ -68,12 +99,17 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
             click.echo("xpkit: internal error (please report it with this output):", err=True)
             click.echo(traceback.format_exc(), err=True)
             sys.exit(EXIT_INTERNAL)
+        finally:
+            if hook:
+                sys.meta_path.remove(_NoPandasForPyarrow)
         sys.exit(code or EXIT_OK)
 
     return wrapper
 
 
 def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricRegistry:
+    from xpkit.define.registry import load_metrics
+
     if metrics_dir:
         return load_metrics(metrics_dir)
     if config is not None and config.metrics_dir is not None:
@@ -83,6 +119,8 @@ def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricReg
 
 def _engine(config: LoadedConfig, name: str | None) -> Engine:
     """The engine ``--engine`` names, else the config's ``engine`` setting."""
+    from xpkit.runner import engine_for
+
     return engine_for(config, name)
 
 
@@ -105,12 +143,16 @@ def _resources(
     return config.model_copy(update={"run": config.run.model_copy(update=update)})
 
 
-def _check_option(check: Callable[[Any], Any]) -> Callable[..., Any]:
+def _check_option(check: str) -> Callable[..., Any]:
+    """A click callback running ``xpkit.config``'s function ``check`` on a given value."""
+
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
+        import xpkit.config
+
         try:
-            return check(value)
+            return getattr(xpkit.config, check)(value)
         except ValueError as err:
             raise click.BadParameter(str(err)) from None
 
@@ -130,13 +172,13 @@ def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--threads",
         type=int,
         default=None,
-        callback=_check_option(check_threads),
+        callback=_check_option("check_threads"),
         help="DuckDB threads, 1 to 4 per CPU core (default: the config's threads, else all cores).",
     )(func)
     return click.option(
         "--memory-limit",
         default=None,
-        callback=_check_option(check_memory_limit),
+        callback=_check_option("check_memory_limit"),
         help="DuckDB memory limit, e.g. 2GB, 500MB or 75% (spills to disk beyond it; "
         "default: the config's memory_limit).",
     )(func)
@@ -145,6 +187,8 @@ def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _style(full: bool = False) -> Style:
     """The terminal's width; colour only on a terminal and never with NO_COLOR set."""
     import shutil
+
+    from xpkit.output.terminal import Style
 
     color = (
         sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
@@ -155,6 +199,8 @@ def _style(full: bool = False) -> Style:
 
 def _check_out(out_dir: Path, config: LoadedConfig) -> None:
     """Before computing: the output folder can be written, and no table reads it."""
+    from xpkit.locations import location_matches
+
     probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
     for name, location in config.run.tables.items():
         if location_matches(location, probe) or location_matches(location, out_dir):
@@ -225,7 +271,7 @@ def main() -> None:
 @click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
 @click.option(
     "--dialect",
-    type=click.Choice(DIALECTS),
+    type=click.Choice(DIALECT_NAMES),
     default=None,
     help="SQL dialect to print (default: the engine's, duckdb or spark).",
 )
@@ -233,7 +279,7 @@ def main() -> None:
     "--slice",
     "slices",
     default=None,
-    callback=_check_option(parse_slices),
+    callback=_check_option("parse_slices"),
     help="Slices to break down by, replacing the configured ones (device,country or "
     "device*country).",
 )
@@ -265,6 +311,9 @@ def sql_command(
     Example:
       xpkit sql watch_seconds streamers --experiment homepage_ranking_v2 --dialect spark
     """
+    from xpkit.config import load_config
+    from xpkit.runner import compile_experiment
+
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     engine = _engine(config, engine_name)
@@ -315,7 +364,7 @@ def sql_command(
     "--slice",
     "slices",
     default=None,
-    callback=_check_option(parse_slices),
+    callback=_check_option("parse_slices"),
     help="Break every effect down by these assignment-time columns, for one --experiment "
     "(replacing its configured slices): device,country, or device*country for a two-way "
     "breakdown.",
@@ -352,6 +401,9 @@ def run_command(
     Example:
       xpkit run --config experiments.toml --out results/ --experiment homepage_ranking_v2
     """
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_scorecard
+
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     ids = list(experiment_ids) or [e.id for e in config.run.experiment]
@@ -452,6 +504,8 @@ def power_command(
     Example:
       xpkit power --experiment homepage_ranking_v2 --metric watch_seconds --mde 2%
     """
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_plan
     from xpkit.planner import power_plan
 
     mde_relative = _percent(mde)
@@ -497,6 +551,10 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any, full: 
     Example:
       xpkit show results/ --experiment homepage_ranking_v2 --run-date 2024-04-05
     """
+    from xpkit.output.storage import read_run, select_runs
+    from xpkit.output.terminal import render_history, render_scorecard
+    from xpkit.output.validate import run_is_valid, validate_scorecard
+
     selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
     runs = [read_run(manifest) for manifest in selected]
     invalid = []
@@ -598,6 +656,9 @@ def demo_command(
     with an exposure-logging bug: the demo shows them flagged, and still exits 0.
     """
     import json
+
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_scorecard
 
     manifest = demo_dir / "manifest.json"
     config_path = demo_dir / "experiments.toml"

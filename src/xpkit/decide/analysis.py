@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from xpkit.config import ExperimentConfig
+from xpkit.decide.notes import POPULATION_NOTES as POPULATION_NOTES  # where it was
 from xpkit.layout import MetricLayout
 from xpkit.moments import Moments
 from xpkit.readout import MomentsTable
@@ -23,15 +24,6 @@ from xpkit.stats.iv import complier_effect
 from xpkit.stats.means import proportion_test, welch_test
 from xpkit.stats.multiple import adjust_pvalues
 from xpkit.stats.ratio import ratio_test
-
-POPULATION_NOTES = {
-    "itt": "intent to treat: every assigned unit; the unbiased effect of the assignment",
-    "tot": "treatment on the treated, SELECTED ON EXPOSURE: exposure correlates with "
-    "engagement, so this is not an unbiased effect",
-    "cace": "complier average causal effect: the ITT effect over the exposure-rate effect, both "
-    "adjusted like the ITT row (2SLS, one-sided non-compliance); the honest effect per "
-    "exposed unit; means and relative lift are the compliers' own",
-}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from xpkit.output.schemas import (
     SCORECARD_SCHEMA,
     SQL_METADATA_KEY,
 )
+from xpkit.output.validate import run_is_valid as run_is_valid  # where it was
 
 
 @dataclass(frozen=True)
@@ -243,12 +244,3 @@ def build_history_table(
         "trend": [s.trend for s, _, _, _ in rows],
     }
     return pa.table(columns, schema=HISTORY_SCHEMA)
-
-
-def run_is_valid(scorecard: pa.Table, checks: pa.Table | None) -> bool:
-    """A published run is valid when it has results, all marked valid, and no gate failed."""
-    if scorecard.num_rows == 0 or not all(scorecard.column("valid").to_pylist()):
-        return False
-    if checks is None:
-        return True
-    return not any(c["gate"] and not c["passed"] for c in checks.to_pylist())
