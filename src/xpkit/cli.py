@@ -108,13 +108,10 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
 
 
 def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricRegistry:
-    from xpkit.define.registry import load_metrics
+    """``--metrics-dir`` (else the config's folder, else ./metrics) and the shipped metrics."""
+    from xpkit.runner import catalogue_for
 
-    if metrics_dir:
-        return load_metrics(metrics_dir)
-    if config is not None and config.metrics_dir is not None:
-        return load_metrics(config.metrics_dir)
-    return load_metrics()
+    return catalogue_for(config, metrics_dir or None)
 
 
 def _engine(config: LoadedConfig, name: str | None) -> Engine:
@@ -241,8 +238,9 @@ _config_option = click.option(
 _metrics_dir_option = click.option(
     "--metrics-dir",
     default=None,
-    help="Folder of metric definitions (default: metrics_dir in the config, ./metrics, "
-    "or the metrics shipped with xpkit).",
+    help="Folder of metric definitions, in place of the config's metrics_dir (default: "
+    "metrics_dir, else ./metrics); the metrics shipped with xpkit are added unless the "
+    "config sets shipped_metrics = false.",
 )
 _as_of_option = click.option(
     "--as-of",
@@ -607,6 +605,39 @@ def report_command(out_dir: Path, experiment_id: str | None, run_date: Any, out_
 
     day = run_date.date() if run_date else None
     click.echo(f"wrote {write_report(out_dir, out_file, experiment_id, day)}")
+    return EXIT_OK
+
+
+@main.command("metrics")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Experiments configuration whose metrics_dir and shipped_metrics to use "
+    "(default: experiments.toml when there is one).",
+)
+@_metrics_dir_option
+@_guard
+def metrics_command(config_path: Path | None, metrics_dir: str | None) -> int:
+    """List the metrics a config's experiments can use: name, kind, source table, file,
+    and description (the class docstring).
+
+    \b
+    Example:
+      xpkit metrics --config experiments.toml
+    """
+    import shutil
+
+    from xpkit.config import load_config
+    from xpkit.output.catalogue import render_catalogue
+
+    if config_path is None and Path("experiments.toml").is_file():
+        config_path = Path("experiments.toml")
+    config = load_config(config_path) if config_path is not None else None
+    registry = _registry(config, metrics_dir)
+    width = min(80, shutil.get_terminal_size((80, 24)).columns)
+    click.echo(render_catalogue(registry, width=width))
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ control that is not one of the variants, a path that does not exist — becomes 
 Example ``experiments.toml``::
 
     metrics_dir = "metrics"            # relative paths are relative to this file
+    shipped_metrics = true             # add the metrics shipped with xpkit (the default)
     engine = "duckdb"                  # or "spark"; --engine overrides it
 
     [tables]                           # logical table name -> Parquet path/glob or table
@@ -335,6 +336,9 @@ class RunConfig(_Strict):
     tables: dict[str, StrictStr] = {}
     database: StrictStr | None = None
     metrics_dir: StrictStr | None = None
+    # The metrics shipped with xpkit (xpkit.metrics) are added to the project's; false
+    # leaves them out (a project whose names would clash with theirs, say).
+    shipped_metrics: StrictBool = True
     engine: Literal["duckdb", "spark"] = "duckdb"  # where the SQL runs
     # The zone that turns every timestamp into a calendar date (assignment days, windows),
     # on every engine, whatever the machine's own zone.

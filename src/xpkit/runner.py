@@ -54,7 +54,7 @@ from xpkit.decide.stopping import (
     stopping_verdict,
 )
 from xpkit.define.metric import Metric, Source
-from xpkit.define.registry import MetricRegistry
+from xpkit.define.registry import MetricRegistry, load_catalogue, project_metrics_dir
 from xpkit.engines import Engine, open_engine
 from xpkit.errors import (
     ConfigError,
@@ -639,6 +639,21 @@ def _sequential_plan(
         looks=experiment.max_days or DEFAULT_PLANNED_LOOKS,
         shape=experiment.spending,
     )
+
+
+def catalogue_for(
+    config: LoadedConfig | None, metrics_dir: str | Path | None = None
+) -> MetricRegistry:
+    """The metrics a config's experiments can use: ``metrics_dir`` (else the config's
+    ``metrics_dir``, else ``./metrics`` when there is one) plus the metrics shipped with
+    xpkit, unless the config sets ``shipped_metrics = false``."""
+    folder: str | Path | None = metrics_dir
+    if folder is None and config is not None:
+        folder = config.metrics_dir
+    if folder is None:
+        folder = project_metrics_dir()
+    shipped = config.run.shipped_metrics if config is not None else True
+    return load_catalogue(folder, shipped=shipped)
 
 
 def engine_for(
