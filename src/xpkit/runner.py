@@ -510,7 +510,13 @@ def run_experiment(
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
         infos = {
-            m.name: MetricInfo(m.name, m.kind, m.higher_is_better, query.layout.metrics[m.name])
+            m.name: MetricInfo(
+                m.name,
+                m.kind,
+                m.higher_is_better,
+                query.layout.metrics[m.name],
+                description=m.description,
+            )
             for m in metrics
         }
         results = analyse(experiment, infos, moments)

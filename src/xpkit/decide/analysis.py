@@ -34,6 +34,7 @@ class MetricInfo:
     kind: str
     higher_is_better: bool
     layout: MetricLayout
+    description: str = ""  # the class docstring, carried into the scorecard
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -85,6 +85,7 @@ def build_scorecard(
             "population": r.population,
             "population_note": POPULATION_NOTES.get(r.population),
             "metric": r.metric,
+            "metric_description": metrics[r.metric].description or None,
             "metric_kind": metrics[r.metric].kind,
             "role": r.role,
             "higher_is_better": metrics[r.metric].higher_is_better,
