@@ -37,6 +37,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -109,15 +110,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_exposure(value: object) -> object:
+    """``exposed = false`` (or ``""``): the table has no exposure column."""
+    if value is False or value == "":
+        return None
+    if value is True:
+        raise ValueError(
+            'true names no column: write the exposure column\'s name (exposed = "exposed_flag"), '
+            "or exposed = false when the table has none (intent-to-treat only)"
+        )
+    return value
+
+
 class AssignmentColumns(_Strict):
-    """How the assignment table's columns are named (defaults match the sample data)."""
+    """How the assignment table's columns are named (defaults match the sample data).
+
+    ``exposed`` is the 0/1 (boolean) column saying the unit reached the changed surface,
+    logged for control units too; ``exposed = false`` when there is none: xpkit then
+    analyses intent-to-treat only (no TOT population, no complier effect).
+    """
 
     table: TableName = "experiment_assignments"
     experiment: Identifier = "experiment_id"
     unit: Identifier = "member_id"
     variant: Identifier = "variant"
     timestamp: Identifier = "assignment_timestamp"
-    exposed: Identifier | None = "exposed_flag"
+    exposed: Annotated[Identifier | None, BeforeValidator(_no_exposure)] = "exposed_flag"
 
 
 class ExposureLog(_Strict):

@@ -489,7 +489,7 @@ def run_experiment(
             experiment, assignments, config.run.exposures, dialect=engine.dialect
         )
         exposure_counts = engine.query(exposure_sql.sql).to_pylist()[0]
-    checks += exposure_checks(exposure_counts)
+    checks += exposure_checks(exposure_counts, flagged=assignments.exposed is not None)
     infos: dict[str, MetricInfo] = {}
     results = []
     history_table = None
