@@ -608,6 +608,77 @@ def report_command(out_dir: Path, experiment_id: str | None, run_date: Any, out_
     return EXIT_OK
 
 
+@main.command("init")
+@click.option(
+    "--assignments",
+    "assignments",
+    required=True,
+    help="The assignment table: a Parquet or CSV file, folder or glob (with --database, a "
+    "table of it).",
+)
+@click.option(
+    "--facts",
+    "facts",
+    multiple=True,
+    required=True,
+    metavar="NAME=PATH",
+    help="A fact table and the name metrics will call it by (repeatable), e.g. "
+    "engagement_daily=data/daily/*.parquet.",
+)
+@click.option(
+    "--database",
+    default=None,
+    help="A .duckdb file holding the tables (then --assignments and --facts name tables).",
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="ROLE=COLUMN",
+    help="An assignment column that cannot be guessed: experiment, unit, variant, timestamp "
+    "or exposed (exposed=false: no exposure column). Repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where experiments.toml and metrics/starter.py go (never over existing files).",
+)
+@_guard
+def init_command(
+    assignments: str,
+    facts: tuple[str, ...],
+    database: str | None,
+    columns: tuple[str, ...],
+    out_dir: Path,
+) -> int:
+    """Write a starter experiments.toml and metrics module for your own tables.
+
+    Reads the tables' columns: the assignment columns are guessed from their names and
+    types, each fact table becomes a Source (its unit and date columns guessed) and each
+    numeric column a Metric. Check the guesses it prints, then run.
+
+    \b
+    Example:
+      xpkit init --assignments data/assignments.parquet \\
+                 --facts engagement_daily='data/daily/*.parquet' --out my-project
+    """
+    from xpkit.starter import plan_starter, write_starter
+
+    starter = plan_starter(assignments, facts, out_dir, database=database, columns=columns)
+    for path in write_starter(starter):
+        click.echo(f"wrote {path}")
+    for guess in starter.guesses:
+        click.echo(f"  guessed: {guess}")
+    config = starter.config_path
+    click.echo("next (check the guesses and the experiments' weights in the config first):")
+    click.echo(f"  xpkit metrics --config {config}")
+    click.echo(f"  xpkit run --config {config} --out {out_dir / 'results'}")
+    return EXIT_OK
+
+
 @main.command("metrics")
 @click.option(
     "--config",
