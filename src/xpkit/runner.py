@@ -6,6 +6,7 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -81,6 +82,26 @@ from xpkit.readout import (
     read_slice_cells,
 )
 from xpkit.stats.means import _check_binary
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """A step of :func:`run_all` starting, for a progress display.
+
+    ``step`` is ``checking`` (every experiment's metrics and columns, ``experiment_id``
+    empty), then per experiment ``bounds``, ``statement``, ``statistics`` (``rows_read``:
+    the rows the statement read), ``writing`` and ``done``. ``index`` counts the
+    experiments from 1 to ``total``.
+    """
+
+    experiment_id: str
+    index: int
+    total: int
+    step: str
+    rows_read: int | None = None
+
+
+StepCallback = Callable[[RunStep], None]
 
 
 @dataclass(frozen=True)
@@ -415,6 +436,10 @@ def check_proportions(
                     ) from None
 
 
+def _no_step(step: str, rows_read: int | None) -> None:
+    """Nobody is watching: no progress to report."""
+
+
 def run_experiment(
     config: LoadedConfig,
     registry: MetricRegistry,
@@ -428,6 +453,7 @@ def run_experiment(
     past_fractions: Sequence[float] = (),
     schema_checked: bool = False,
     slices: Sequence[str] | None = None,
+    on_step: Callable[[str, int | None], None] | None = None,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -438,7 +464,9 @@ def run_experiment(
     information fractions of this experiment's earlier recorded runs (group-sequential).
     ``schema_checked`` skips the column check a caller has already made. ``slices``
     replaces the experiment's configured slices (``["device", "device*country"]``).
+    ``on_step(step, rows_read)`` is told when each step starts (see :class:`RunStep`).
     """
+    step = on_step or _no_step
     experiment = config.experiment(experiment_id)
     metrics = resolve_metrics(config, registry, experiment_id)
     if not schema_checked:
@@ -447,6 +475,7 @@ def run_experiment(
     computed_at = datetime.now(UTC)
     run_date = run_date or computed_at.date()
     assignments = config.run.assignments
+    step("bounds", None)
     bounds = resolve_dates(config, metrics, experiment_id, engine, as_of, run_date)
     dates = bounds.dates if bounds is not None else None
 
@@ -460,6 +489,7 @@ def run_experiment(
             experiment, metrics, assignments, dates, dialect=engine.dialect, slices=sliced
         )
         assert query.layout is not None
+        step("statement", None)
         try:
             result = engine.query(query.sql)
         except EngineDataError as err:
@@ -509,6 +539,7 @@ def run_experiment(
         by_date = read_history(cells, query.layout, populations)
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
+        step("statistics", sum(rows_read.values()))
         infos = {
             m.name: MetricInfo(
                 m.name,
@@ -698,23 +729,32 @@ def run_all(
     history: bool = False,
     on_published: Callable[[ExperimentRun], None] | None = None,
     slices: Sequence[str] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
 
     Every experiment's metrics and columns are checked before the first one runs, so a
     mistake in the third experiment of a config stops the job before anything is written.
     ``on_published`` is called with each run as soon as it is on disk. ``slices``
-    replaces every listed experiment's configured slices.
+    replaces every listed experiment's configured slices. ``on_step`` is told what the
+    run is doing (:class:`RunStep`), for a progress display.
     """
+    total = len(experiment_ids)
+
+    def report(experiment_id: str, index: int, name: str, rows: int | None = None) -> None:
+        if on_step is not None:
+            on_step(RunStep(experiment_id, index, total, name, rows))
+
     engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
+        report("", 0, "checking")
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
             check_schema(config, metrics, engine)
             slice_request(config, config.experiment(experiment_id), metrics, engine, slices)
         runs = []
         filed = run_date or datetime.now(UTC).date()
-        for experiment_id in experiment_ids:
+        for index, experiment_id in enumerate(experiment_ids, start=1):
             run = run_experiment(
                 config,
                 registry,
@@ -727,8 +767,11 @@ def run_all(
                 past_fractions=recorded_fractions(out_dir, experiment_id, filed),
                 schema_checked=True,
                 slices=slices,
+                on_step=functools.partial(report, experiment_id, index),
             )
+            report(experiment_id, index, "writing")
             runs.append(write_run(run, out_dir))
+            report(experiment_id, index, "done")
             if on_published is not None:
                 on_published(runs[-1])
         return runs
