@@ -264,6 +264,59 @@ def main() -> None:
     """
 
 
+_json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the results as one JSON document on stdout instead of text (shape: README, "
+    "Machine-readable output).",
+)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+class _StepPrinter:
+    """The run's steps (runner.RunStep) on stderr, through output.progress.Progress."""
+
+    def __init__(self) -> None:
+        import shutil
+
+        from xpkit.output.progress import Progress
+
+        stream = sys.stderr
+        width = shutil.get_terminal_size((100, 24)).columns
+        self.progress = Progress(stream, live=_is_terminal(stream), width=width)
+
+    def on_step(self, step: Any) -> None:
+        self.progress.step(step.experiment_id, step.index, step.total, step.step, step.rows_read)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _progress(show: bool) -> _StepPrinter | None:
+    return _StepPrinter() if show else None
+
+
+def _run_entry(run: ExperimentRun) -> dict[str, Any]:
+    from xpkit.output.json_results import run_entry
+
+    return run_entry(
+        experiment_id=run.experiment_id,
+        run_date=run.run_date,
+        run_id=run.run_id,
+        scorecard=run.scorecard,
+        checks=run.checks,
+        history=run.history,
+        files=run.paths,
+    )
+
+
 @main.command("sql")
 @click.argument("metrics", nargs=-1)
 @click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
@@ -357,7 +410,15 @@ def sql_command(
     default=None,
     help="Date to file the run under (default: today).",
 )
-@click.option("--quiet", is_flag=True, help="Print only the files written.")
+@click.option("--quiet", is_flag=True, help="Print only the files written, and no progress.")
+@click.option(
+    "--progress",
+    "show_progress",
+    is_flag=True,
+    help="Show each experiment's progress on stderr even when it is not a terminal (a "
+    "log); on a terminal it is shown unless --quiet.",
+)
+@_json_option
 @click.option(
     "--slice",
     "slices",
@@ -386,6 +447,8 @@ def run_command(
     temp_directory: Path | None,
     run_date: Any,
     quiet: bool,
+    show_progress: bool,
+    as_json: bool,
     slices: list[str] | None,
     history: bool,
     metrics_dir: str | None,
@@ -393,7 +456,9 @@ def run_command(
 ) -> int:
     """Compute scorecards for the configured experiments and write them to Parquet.
 
-    Exits 3 (after writing everything) when any experiment's result is invalid.
+    Exits 3 (after writing everything) when any experiment's result is invalid. With
+    --json, stdout is one JSON document of the runs (scorecards, checks, decisions, the
+    files written); progress and errors go to stderr.
 
     \b
     Example:
@@ -413,28 +478,42 @@ def run_command(
             "(slices for every run of an experiment go in its config: slices = [...])"
         )
     _check_out(out_dir, config)
+    entries: list[dict[str, Any]] = []
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
+        if as_json:
+            entries.append(_run_entry(run))
+            return
         if not quiet:
             click.echo(render_scorecard(run.scorecard, run.checks, _style()))
             click.echo("")
         for path in run.paths:
             click.echo(f"wrote {path}")
 
-    runs = run_all(
-        config,
-        registry,
-        ids,
-        out_dir,
-        engine_name=engine_name,
-        as_of=as_of.date() if as_of else None,
-        run_date=run_date.date() if run_date else None,
-        allow_invalid=allow_invalid,
-        history=history,
-        on_published=published,
-        slices=slices,
-    )
+    progress = _progress(show_progress or (not quiet and _is_terminal(sys.stderr)))
+    try:
+        runs = run_all(
+            config,
+            registry,
+            ids,
+            out_dir,
+            engine_name=engine_name,
+            as_of=as_of.date() if as_of else None,
+            run_date=run_date.date() if run_date else None,
+            allow_invalid=allow_invalid,
+            history=history,
+            on_published=published,
+            slices=slices,
+            on_step=None if progress is None else progress.on_step,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    if as_json:
+        from xpkit.output.json_results import dumps, runs_document
+
+        click.echo(dumps(runs_document("run", entries)))
     invalid = [r.experiment_id for r in runs if not r.valid]
     if invalid:
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
@@ -442,26 +521,60 @@ def run_command(
     return EXIT_OK
 
 
+def _fraction(value: str, option: str, example: str) -> tuple[float, bool]:
+    """``2%`` -> (0.02, True); ``0.02`` -> (0.02, False); anything else is refused."""
+    text = value.strip()
+    percent = text.endswith("%")
+    body = text[:-1].strip() if percent else text
+    try:
+        number = float(body)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise click.BadParameter(
+            f"{value!r} is not a number or a percentage like {example}", param_hint=option
+        )
+    return (number / 100 if percent else number), percent
+
+
 def _percent(value: str) -> float:
     """A relative effect: ``2%`` or ``0.02``; a bare number of 1 or more would be >= 100%."""
-    text = value.strip()
-    try:
-        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a number or a percentage like 2%", param_hint="--mde"
-        ) from None
-    if not number > 0 or number == float("inf"):
+    number, percent = _fraction(value, "--mde", "2%")
+    if not number > 0:
         raise click.BadParameter(
             f"{value!r}: the effect to detect must be above 0, e.g. 2% or 0.02", param_hint="--mde"
         )
-    if not text.endswith("%") and number >= 1:
+    if not percent and number >= 1:
         raise click.BadParameter(
-            f"{value!r} would mean {number:.0%}; write a percentage such as {value}% or a "
-            f"fraction such as {number / 100:g}",
+            f"{value!r} would mean {number:.0%}; write a percentage such as {value.strip()}% or "
+            f"a fraction such as {number / 100:g}",
             param_hint="--mde",
         )
     return number
+
+
+def _power(value: str) -> float:
+    """The power to plan for: ``80%`` or ``0.8``, strictly between 0 and 1."""
+    number, percent = _fraction(value, "--power", "80%")
+    if not percent and number > 1:
+        raise click.BadParameter(
+            f"{value!r} would mean {number:.0%}; write a percentage such as {value.strip()}% or "
+            f"a fraction such as {number / 100:g}",
+            param_hint="--power",
+        )
+    if not 0 < number < 1:
+        raise click.BadParameter(
+            f"{value!r}: must be between 0 and 1 (0% and 100%), e.g. 80% or 0.8",
+            param_hint="--power",
+        )
+    return number
+
+
+def _parsed(parse: Callable[[str], float]) -> Callable[..., float]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> float:
+        return parse(value)
+
+    return callback
 
 
 @main.command("power")
@@ -471,11 +584,22 @@ def _percent(value: str) -> float:
 @click.option("--metric", "metric_name", required=True, help="Metric to plan for.")
 @click.option(
     "--mde",
+    "mde_relative",
     default="2%",
     show_default=True,
-    help="Relative minimum detectable effect (2% or 0.02).",
+    callback=_parsed(_percent),
+    help="Relative minimum detectable effect: a percentage (2%) or a fraction (0.02); a "
+    "bare number of 1 or more is refused (it would mean 100% or more).",
 )
-@click.option("--power", "power_level", default=0.8, show_default=True, type=float)
+@click.option(
+    "--power",
+    "power_level",
+    default="0.8",
+    show_default=True,
+    callback=_parsed(_power),
+    help="The power to plan for: 80% or 0.8.",
+)
+@_json_option
 @_engine_option
 @_config_option
 @_metrics_dir_option
@@ -484,8 +608,9 @@ def _percent(value: str) -> float:
 def power_command(
     experiment_id: str,
     metric_name: str,
-    mde: str,
+    mde_relative: float,
     power_level: float,
+    as_json: bool,
     engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
@@ -506,9 +631,6 @@ def power_command(
     from xpkit.output.terminal import render_plan
     from xpkit.planner import power_plan
 
-    mde_relative = _percent(mde)
-    if not 0 < power_level < 1:
-        raise click.BadParameter("must be between 0 and 1", param_hint="--power")
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     engine = _engine(config, engine_name)
@@ -524,7 +646,12 @@ def power_command(
         )
     finally:
         engine.close()
-    click.echo(render_plan(result))
+    if as_json:
+        from xpkit.output.json_results import dumps, power_document
+
+        click.echo(dumps(power_document(experiment_id, result)))
+    else:
+        click.echo(render_plan(result))
     return EXIT_OK
 
 
@@ -538,12 +665,16 @@ def power_command(
     help="The run filed under this date (default: each experiment's newest).",
 )
 @click.option("--full", is_flag=True, help="Every check's detail and every day of the history.")
+@_json_option
 @_guard
-def show_command(out_dir: Path, experiment_id: str | None, run_date: Any, full: bool) -> int:
+def show_command(
+    out_dir: Path, experiment_id: str | None, run_date: Any, full: bool, as_json: bool
+) -> int:
     """Print the newest committed run of each experiment under DIR (the --out of run).
 
     Only committed runs are read (through their manifests), each whole: its scorecard,
-    checks and, when it has one, the history of that same run.
+    checks and, when it has one, the history of that same run. With --json, one JSON
+    document of those runs (the shape of run --json).
 
     \b
     Example:
@@ -557,16 +688,37 @@ def show_command(out_dir: Path, experiment_id: str | None, run_date: Any, full: 
     runs = [read_run(manifest) for manifest in selected]
     invalid = []
     style = _style(full)
+    entries = []
     for i, run in enumerate(runs):
-        if i:
-            click.echo("")
         scorecard = validate_scorecard(run.scorecard, out_dir)
-        click.echo(render_scorecard(scorecard, run.checks, style))
-        if run.history is not None:
-            click.echo("")
-            click.echo(render_history(run.history, style=style))
+        if as_json:
+            from xpkit.output.json_results import run_entry
+
+            manifest = run.manifest
+            entries.append(
+                run_entry(
+                    experiment_id=manifest.experiment_id,
+                    run_date=manifest.run_date,
+                    run_id=manifest.run_id,
+                    scorecard=scorecard,
+                    checks=run.checks,
+                    history=run.history,
+                    files=[*(manifest.file(kind) for kind in manifest.files), manifest.path],
+                )
+            )
+        else:
+            if i:
+                click.echo("")
+            click.echo(render_scorecard(scorecard, run.checks, style))
+            if run.history is not None:
+                click.echo("")
+                click.echo(render_history(run.history, style=style))
         if not run_is_valid(run.scorecard, run.checks):
             invalid.append(str(run.manifest.experiment_id))
+    if as_json:
+        from xpkit.output.json_results import dumps, runs_document
+
+        click.echo(dumps(runs_document("show", entries)))
     if invalid:
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
         return EXIT_INVALID_RESULT
