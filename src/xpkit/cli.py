@@ -929,7 +929,18 @@ def demo_command(
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, None)
     ids = [e.id for e in config.run.experiment]
-    runs = run_all(config, registry, ids, demo_dir / "results")
+    progress = _progress(_is_terminal(sys.stderr))
+    try:
+        runs = run_all(
+            config,
+            registry,
+            ids,
+            demo_dir / "results",
+            on_step=None if progress is None else progress.on_step,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     for run in runs:
         click.echo(render_scorecard(run.scorecard, run.checks, _style()))
         click.echo("")
