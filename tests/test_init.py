@@ -247,3 +247,44 @@ def test_exposed_true_is_refused(tmp_path: Path) -> None:
         "assignments.exposed: true names no column",
         "or exposed = false when the table has none",
     )
+
+
+def test_init_needs_an_experiment_with_two_variants(tmp_path: Path) -> None:
+    one = ASSIGNMENTS.replace(
+        "CASE WHEN i % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant",
+        "'control' AS variant",
+    )
+    data = tiny_tables(tmp_path, assignments=one)
+    result = invoke(
+        "init", "--assignments", str(data / "assignments.parquet"),
+        "--facts", f"daily={data / 'daily.parquet'}", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_message(
+        result,
+        "no experiment with two or more variants",
+        "experiment 'e' has one variant only",
+    )
+
+
+def test_init_needs_a_number_to_make_a_metric_of(tmp_path: Path) -> None:
+    data = tiny_tables(
+        tmp_path,
+        facts="SELECT i::BIGINT AS member_id, DATE '2024-01-01' AS date, 'x' AS title "
+        "FROM range(5) t(i)",
+    )
+    result = invoke(
+        "init", "--assignments", str(data / "assignments.parquet"),
+        "--facts", f"daily={data / 'daily.parquet'}", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_message(result, "no numeric or boolean column to make a metric of", "title (text)")
+
+
+def test_init_needs_the_unit_in_every_fact_table(tmp_path: Path) -> None:
+    data = tiny_tables(tmp_path, facts=FACTS.replace("AS member_id", "AS someone"))
+    result = invoke(
+        "init", "--assignments", str(data / "assignments.parquet"),
+        "--facts", f"daily={data / 'daily.parquet'}", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_message(
+        result, "--facts daily=", "no column 'member_id' (the assignments' unit)", "someone"
+    )

@@ -232,3 +232,23 @@ def test_the_command_line_lists_the_catalogue(tmp_path: Path) -> None:
     assert "mean" in row and "daily" in row and "m.py" in row
     assert any(line.startswith("watch_seconds ") for line in lines)  # shipped
     assert "Seconds watched per member in the analysis window." in result.output
+
+
+def test_a_name_defined_twice_exits_2_from_the_command_line(tmp_path: Path) -> None:
+    config = world(tmp_path)
+    write(
+        tmp_path / "metrics",
+        {"sub/again.py": "from ..m import Daily\n" + metric_file("Played", "MAX(played)", "")},
+    )
+    assert_message(
+        run(config),
+        f"{tmp_path / 'metrics' / 'sub' / 'again.py'}: metric name 'played' is already "
+        f"defined in {tmp_path / 'metrics' / 'm.py'}",
+    )
+
+
+def test_the_catalogue_of_a_missing_folder_or_config_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["metrics", "--metrics-dir", str(tmp_path / "none")])
+    assert_message(result, f"metrics directory {tmp_path / 'none'} does not exist")
+    result = CliRunner().invoke(main, ["metrics", "--config", str(tmp_path / "x.toml")])
+    assert_message(result, f"{tmp_path / 'x.toml'}: configuration file not found")
