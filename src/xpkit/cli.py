@@ -258,6 +258,7 @@ def main() -> None:
     \b
     Quick start:
       xpkit demo                               # sample data, sample experiments, scorecards
+      xpkit init --assignments a.parquet --facts daily=daily.parquet   # your own tables
       xpkit sql watch_seconds --experiment homepage_ranking_v2 --config xpkit-demo/experiments.toml
       xpkit run --config experiments.toml --out results/
       xpkit show results/
