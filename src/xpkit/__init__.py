@@ -1,17 +1,17 @@
 """xpkit: a SQL-first metrics repository and decision engine for online experiments.
 
-``xpkit.run`` (the Python API, :mod:`xpkit.api`) and its result types are imported on
-first use, so ``import xpkit`` stays cheap for the command line.
+``xpkit.run`` (the Python API, :mod:`xpkit.api`) and its result types, and ``Metric`` and
+``Source`` (which load sqlglot), are imported on first use, so ``import xpkit`` stays cheap
+for the command line (``xpkit --version`` and ``--help`` load click alone).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from xpkit.define.metric import Metric, Source
-
 if TYPE_CHECKING:
     from xpkit.api import Result, Results, load_metrics, plotly_js, run
+    from xpkit.define.metric import Metric, Source
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _API = ("Result", "Results", "load_metrics", "plotly_js", "run")
+_DEFINE = ("Metric", "Source")
 
 
 def __getattr__(name: str) -> Any:
@@ -34,8 +35,12 @@ def __getattr__(name: str) -> Any:
         import xpkit.api
 
         return getattr(xpkit.api, name)
+    if name in _DEFINE:
+        from xpkit.define import metric
+
+        return getattr(metric, name)
     raise AttributeError(f"module 'xpkit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | set(_DEFINE))

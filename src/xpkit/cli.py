@@ -12,32 +12,61 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from xpkit import __version__
-from xpkit.compile import DIALECTS
-from xpkit.config import (
-    LoadedConfig,
-    check_memory_limit,
-    check_threads,
-    load_config,
-    parse_slices,
-)
-from xpkit.define.registry import MetricRegistry, load_metrics
-from xpkit.engines import Engine
 from xpkit.errors import (
     EXIT_INTERNAL,
     EXIT_INVALID_RESULT,
     EXIT_OK,
     XpkitError,
 )
-from xpkit.output.storage import check_out_folder, read_run, select_runs
-from xpkit.output.tables import run_is_valid
-from xpkit.output.terminal import Style, render_history, render_plan, render_scorecard
-from xpkit.output.validate import validate_scorecard
-from xpkit.runner import ExperimentRun, compile_experiment, engine_for, run_all
+
+# Everything else is imported by the command that needs it: `xpkit --version` and
+# `--help` load click alone, and a run loads neither the report's Plotly nor scipy.stats.
+if TYPE_CHECKING:
+    from xpkit.config import LoadedConfig
+    from xpkit.define.registry import MetricRegistry
+    from xpkit.engines import Engine
+    from xpkit.output.terminal import Style
+    from xpkit.runner import ExperimentRun
+
+# The dialects `xpkit sql --dialect` prints (xpkit.compile.DIALECTS, which a test keeps
+# equal to this list): named here so that building the command loads no SQL machinery.
+DIALECT_NAMES = ("duckdb", "spark", "bigquery", "snowflake", "trino", "postgres")
+
+
+def run_all(*args: Any, **kwargs: Any) -> list[ExperimentRun]:
+    """:func:`xpkit.runner.run_all`, imported on the first call."""
+    from xpkit.runner import run_all as run
+
+    return run(*args, **kwargs)
+
+
+class _NoPandasForPyarrow:
+    """An import hook refusing ``import pandas`` when xpkit's or pyarrow's own code asks.
+
+    pyarrow, when pandas is installed, imports it (about 0.5 s, a third of a run's start-up)
+    on its first conversion between Arrow and Python or NumPy values, to recognise pandas
+    objects and timestamps; xpkit never hands it one, and pyarrow converts the same values
+    the same way without it. Any other importer (a metrics file, PySpark, Plotly) gets
+    pandas as usual. Installed only while a command runs, and only if pandas is not
+    loaded already.
+    """
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name != "pandas":
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            frame = frame.f_back  # type: ignore[assignment]
+        caller = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+        if caller.split(".")[0] in ("xpkit", "pyarrow"):
+            raise ModuleNotFoundError("pandas is not needed by xpkit's command line", name=name)
+        return None
 
 
 def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
@@ -45,6 +74,9 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        hook = "pandas" not in sys.modules and _NoPandasForPyarrow not in sys.meta_path
+        if hook:
+            sys.meta_path.insert(0, _NoPandasForPyarrow)
         try:
             code = func(*args, **kwargs)
         except BrokenPipeError:
@@ -65,21 +97,25 @@ def _guard(func: Callable[..., int | None]) -> Callable[..., None]:
             click.echo("xpkit: internal error (please report it with this output):", err=True)
             click.echo(traceback.format_exc(), err=True)
             sys.exit(EXIT_INTERNAL)
+        finally:
+            if hook:
+                sys.meta_path.remove(_NoPandasForPyarrow)
         sys.exit(code or EXIT_OK)
 
     return wrapper
 
 
 def _registry(config: LoadedConfig | None, metrics_dir: str | None) -> MetricRegistry:
-    if metrics_dir:
-        return load_metrics(metrics_dir)
-    if config is not None and config.metrics_dir is not None:
-        return load_metrics(config.metrics_dir)
-    return load_metrics()
+    """``--metrics-dir`` (else the config's folder, else ./metrics) and the shipped metrics."""
+    from xpkit.runner import catalogue_for
+
+    return catalogue_for(config, metrics_dir or None)
 
 
 def _engine(config: LoadedConfig, name: str | None) -> Engine:
     """The engine ``--engine`` names, else the config's ``engine`` setting."""
+    from xpkit.runner import engine_for
+
     return engine_for(config, name)
 
 
@@ -102,12 +138,16 @@ def _resources(
     return config.model_copy(update={"run": config.run.model_copy(update=update)})
 
 
-def _check_option(check: Callable[[Any], Any]) -> Callable[..., Any]:
+def _check_option(check: str) -> Callable[..., Any]:
+    """A click callback running ``xpkit.config``'s function ``check`` on a given value."""
+
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
+        import xpkit.config
+
         try:
-            return check(value)
+            return getattr(xpkit.config, check)(value)
         except ValueError as err:
             raise click.BadParameter(str(err)) from None
 
@@ -127,13 +167,13 @@ def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--threads",
         type=int,
         default=None,
-        callback=_check_option(check_threads),
+        callback=_check_option("check_threads"),
         help="DuckDB threads, 1 to 4 per CPU core (default: the config's threads, else all cores).",
     )(func)
     return click.option(
         "--memory-limit",
         default=None,
-        callback=_check_option(check_memory_limit),
+        callback=_check_option("check_memory_limit"),
         help="DuckDB memory limit, e.g. 2GB, 500MB or 75% (spills to disk beyond it; "
         "default: the config's memory_limit).",
     )(func)
@@ -142,6 +182,8 @@ def _resource_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _style(full: bool = False) -> Style:
     """The terminal's width; colour only on a terminal and never with NO_COLOR set."""
     import shutil
+
+    from xpkit.output.terminal import Style
 
     color = (
         sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
@@ -168,8 +210,9 @@ _config_option = click.option(
 _metrics_dir_option = click.option(
     "--metrics-dir",
     default=None,
-    help="Folder of metric definitions (default: metrics_dir in the config, ./metrics, "
-    "or the metrics shipped with xpkit).",
+    help="Folder of metric definitions, in place of the config's metrics_dir (default: "
+    "metrics_dir, else ./metrics); the metrics shipped with xpkit are added unless the "
+    "config sets shipped_metrics = false.",
 )
 _as_of_option = click.option(
     "--as-of",
@@ -187,10 +230,64 @@ def main() -> None:
     \b
     Quick start:
       xpkit demo                               # sample data, sample experiments, scorecards
+      xpkit init --assignments a.parquet --facts daily=daily.parquet   # your own tables
       xpkit sql watch_seconds --experiment homepage_ranking_v2 --config xpkit-demo/experiments.toml
       xpkit run --config experiments.toml --out results/
       xpkit show results/
     """
+
+
+_json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the results as one JSON document on stdout instead of text (shape: README, "
+    "Machine-readable output).",
+)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+class _StepPrinter:
+    """The run's steps (runner.RunStep) on stderr, through output.progress.Progress."""
+
+    def __init__(self) -> None:
+        import shutil
+
+        from xpkit.output.progress import Progress
+
+        stream = sys.stderr
+        width = shutil.get_terminal_size((100, 24)).columns
+        self.progress = Progress(stream, live=_is_terminal(stream), width=width)
+
+    def on_step(self, step: Any) -> None:
+        self.progress.step(step.experiment_id, step.index, step.total, step.step, step.rows_read)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _progress(show: bool) -> _StepPrinter | None:
+    return _StepPrinter() if show else None
+
+
+def _run_entry(run: ExperimentRun) -> dict[str, Any]:
+    from xpkit.output.json_results import run_entry
+
+    return run_entry(
+        experiment_id=run.experiment_id,
+        run_date=run.run_date,
+        run_id=run.run_id,
+        scorecard=run.scorecard,
+        checks=run.checks,
+        history=run.history,
+        files=run.paths,
+    )
 
 
 @main.command("sql")
@@ -198,7 +295,7 @@ def main() -> None:
 @click.option("--experiment", "experiment_id", required=True, help="Experiment id from the config.")
 @click.option(
     "--dialect",
-    type=click.Choice(DIALECTS),
+    type=click.Choice(DIALECT_NAMES),
     default=None,
     help="SQL dialect to print (default: the engine's, duckdb or spark).",
 )
@@ -206,7 +303,7 @@ def main() -> None:
     "--slice",
     "slices",
     default=None,
-    callback=_check_option(parse_slices),
+    callback=_check_option("parse_slices"),
     help="Slices to break down by, replacing the configured ones (device,country or "
     "device*country).",
 )
@@ -238,6 +335,9 @@ def sql_command(
     Example:
       xpkit sql watch_seconds streamers --experiment homepage_ranking_v2 --dialect spark
     """
+    from xpkit.config import load_config
+    from xpkit.runner import compile_experiment
+
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     engine = _engine(config, engine_name)
@@ -283,12 +383,20 @@ def sql_command(
     default=None,
     help="Date to file the run under (default: today).",
 )
-@click.option("--quiet", is_flag=True, help="Print only the files written.")
+@click.option("--quiet", is_flag=True, help="Print only the files written, and no progress.")
+@click.option(
+    "--progress",
+    "show_progress",
+    is_flag=True,
+    help="Show each experiment's progress on stderr even when it is not a terminal (a "
+    "log); on a terminal it is shown unless --quiet.",
+)
+@_json_option
 @click.option(
     "--slice",
     "slices",
     default=None,
-    callback=_check_option(parse_slices),
+    callback=_check_option("parse_slices"),
     help="Break every effect down by these assignment-time columns, for one --experiment "
     "(replacing its configured slices): device,country, or device*country for a two-way "
     "breakdown.",
@@ -312,6 +420,8 @@ def run_command(
     temp_directory: Path | None,
     run_date: Any,
     quiet: bool,
+    show_progress: bool,
+    as_json: bool,
     slices: list[str] | None,
     history: bool,
     metrics_dir: str | None,
@@ -319,12 +429,17 @@ def run_command(
 ) -> int:
     """Compute scorecards for the configured experiments and write them to Parquet.
 
-    Exits 3 (after writing everything) when any experiment's result is invalid.
+    Exits 3 (after writing everything) when any experiment's result is invalid. With
+    --json, stdout is one JSON document of the runs (scorecards, checks, decisions, the
+    files written); progress and errors go to stderr.
 
     \b
     Example:
       xpkit run --config experiments.toml --out results/ --experiment homepage_ranking_v2
     """
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_scorecard
+
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     ids = list(experiment_ids) or [e.id for e in config.run.experiment]
@@ -335,29 +450,45 @@ def run_command(
             "--slice computes slices on demand for one experiment: add --experiment ID "
             "(slices for every run of an experiment go in its config: slices = [...])"
         )
+    from xpkit.output.storage import check_out_folder
+
     check_out_folder(out_dir, config.run.tables)
+    entries: list[dict[str, Any]] = []
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
+        if as_json:
+            entries.append(_run_entry(run))
+            return
         if not quiet:
             click.echo(render_scorecard(run.scorecard, run.checks, _style()))
             click.echo("")
         for path in run.paths:
             click.echo(f"wrote {path}")
 
-    runs = run_all(
-        config,
-        registry,
-        ids,
-        out_dir,
-        engine_name=engine_name,
-        as_of=as_of.date() if as_of else None,
-        run_date=run_date.date() if run_date else None,
-        allow_invalid=allow_invalid,
-        history=history,
-        on_published=published,
-        slices=slices,
-    )
+    progress = _progress(show_progress or (not quiet and _is_terminal(sys.stderr)))
+    try:
+        runs = run_all(
+            config,
+            registry,
+            ids,
+            out_dir,
+            engine_name=engine_name,
+            as_of=as_of.date() if as_of else None,
+            run_date=run_date.date() if run_date else None,
+            allow_invalid=allow_invalid,
+            history=history,
+            on_published=published,
+            slices=slices,
+            on_step=None if progress is None else progress.on_step,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    if as_json:
+        from xpkit.output.json_results import dumps, runs_document
+
+        click.echo(dumps(runs_document("run", entries)))
     invalid = [r.experiment_id for r in runs if not r.valid]
     if invalid:
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
@@ -365,26 +496,60 @@ def run_command(
     return EXIT_OK
 
 
+def _fraction(value: str, option: str, example: str) -> tuple[float, bool]:
+    """``2%`` -> (0.02, True); ``0.02`` -> (0.02, False); anything else is refused."""
+    text = value.strip()
+    percent = text.endswith("%")
+    body = text[:-1].strip() if percent else text
+    try:
+        number = float(body)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise click.BadParameter(
+            f"{value!r} is not a number or a percentage like {example}", param_hint=option
+        )
+    return (number / 100 if percent else number), percent
+
+
 def _percent(value: str) -> float:
     """A relative effect: ``2%`` or ``0.02``; a bare number of 1 or more would be >= 100%."""
-    text = value.strip()
-    try:
-        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a number or a percentage like 2%", param_hint="--mde"
-        ) from None
-    if not number > 0 or number == float("inf"):
+    number, percent = _fraction(value, "--mde", "2%")
+    if not number > 0:
         raise click.BadParameter(
             f"{value!r}: the effect to detect must be above 0, e.g. 2% or 0.02", param_hint="--mde"
         )
-    if not text.endswith("%") and number >= 1:
+    if not percent and number >= 1:
         raise click.BadParameter(
-            f"{value!r} would mean {number:.0%}; write a percentage such as {value}% or a "
-            f"fraction such as {number / 100:g}",
+            f"{value!r} would mean {number:.0%}; write a percentage such as {value.strip()}% or "
+            f"a fraction such as {number / 100:g}",
             param_hint="--mde",
         )
     return number
+
+
+def _power(value: str) -> float:
+    """The power to plan for: ``80%`` or ``0.8``, strictly between 0 and 1."""
+    number, percent = _fraction(value, "--power", "80%")
+    if not percent and number > 1:
+        raise click.BadParameter(
+            f"{value!r} would mean {number:.0%}; write a percentage such as {value.strip()}% or "
+            f"a fraction such as {number / 100:g}",
+            param_hint="--power",
+        )
+    if not 0 < number < 1:
+        raise click.BadParameter(
+            f"{value!r}: must be between 0 and 1 (0% and 100%), e.g. 80% or 0.8",
+            param_hint="--power",
+        )
+    return number
+
+
+def _parsed(parse: Callable[[str], float]) -> Callable[..., float]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> float:
+        return parse(value)
+
+    return callback
 
 
 @main.command("power")
@@ -394,11 +559,22 @@ def _percent(value: str) -> float:
 @click.option("--metric", "metric_name", required=True, help="Metric to plan for.")
 @click.option(
     "--mde",
+    "mde_relative",
     default="2%",
     show_default=True,
-    help="Relative minimum detectable effect (2% or 0.02).",
+    callback=_parsed(_percent),
+    help="Relative minimum detectable effect: a percentage (2%) or a fraction (0.02); a "
+    "bare number of 1 or more is refused (it would mean 100% or more).",
 )
-@click.option("--power", "power_level", default=0.8, show_default=True, type=float)
+@click.option(
+    "--power",
+    "power_level",
+    default="0.8",
+    show_default=True,
+    callback=_parsed(_power),
+    help="The power to plan for: 80% or 0.8.",
+)
+@_json_option
 @_engine_option
 @_config_option
 @_metrics_dir_option
@@ -407,8 +583,9 @@ def _percent(value: str) -> float:
 def power_command(
     experiment_id: str,
     metric_name: str,
-    mde: str,
+    mde_relative: float,
     power_level: float,
+    as_json: bool,
     engine_name: str | None,
     config_path: Path,
     metrics_dir: str | None,
@@ -425,11 +602,10 @@ def power_command(
     Example:
       xpkit power --experiment homepage_ranking_v2 --metric watch_seconds --mde 2%
     """
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_plan
     from xpkit.planner import power_plan
 
-    mde_relative = _percent(mde)
-    if not 0 < power_level < 1:
-        raise click.BadParameter("must be between 0 and 1", param_hint="--power")
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
     engine = _engine(config, engine_name)
@@ -445,7 +621,12 @@ def power_command(
         )
     finally:
         engine.close()
-    click.echo(render_plan(result))
+    if as_json:
+        from xpkit.output.json_results import dumps, power_document
+
+        click.echo(dumps(power_document(experiment_id, result)))
+    else:
+        click.echo(render_plan(result))
     return EXIT_OK
 
 
@@ -459,31 +640,60 @@ def power_command(
     help="The run filed under this date (default: each experiment's newest).",
 )
 @click.option("--full", is_flag=True, help="Every check's detail and every day of the history.")
+@_json_option
 @_guard
-def show_command(out_dir: Path, experiment_id: str | None, run_date: Any, full: bool) -> int:
+def show_command(
+    out_dir: Path, experiment_id: str | None, run_date: Any, full: bool, as_json: bool
+) -> int:
     """Print the newest committed run of each experiment under DIR (the --out of run).
 
     Only committed runs are read (through their manifests), each whole: its scorecard,
-    checks and, when it has one, the history of that same run.
+    checks and, when it has one, the history of that same run. With --json, one JSON
+    document of those runs (the shape of run --json).
 
     \b
     Example:
       xpkit show results/ --experiment homepage_ranking_v2 --run-date 2024-04-05
     """
+    from xpkit.output.storage import read_run, select_runs
+    from xpkit.output.terminal import render_history, render_scorecard
+    from xpkit.output.validate import run_is_valid, validate_scorecard
+
     selected = select_runs(out_dir, experiment_id, run_date.date() if run_date else None)
     runs = [read_run(manifest) for manifest in selected]
     invalid = []
     style = _style(full)
+    entries = []
     for i, run in enumerate(runs):
-        if i:
-            click.echo("")
         scorecard = validate_scorecard(run.scorecard, out_dir)
-        click.echo(render_scorecard(scorecard, run.checks, style))
-        if run.history is not None:
-            click.echo("")
-            click.echo(render_history(run.history, style=style))
+        if as_json:
+            from xpkit.output.json_results import run_entry
+
+            manifest = run.manifest
+            entries.append(
+                run_entry(
+                    experiment_id=manifest.experiment_id,
+                    run_date=manifest.run_date,
+                    run_id=manifest.run_id,
+                    scorecard=scorecard,
+                    checks=run.checks,
+                    history=run.history,
+                    files=[*(manifest.file(kind) for kind in manifest.files), manifest.path],
+                )
+            )
+        else:
+            if i:
+                click.echo("")
+            click.echo(render_scorecard(scorecard, run.checks, style))
+            if run.history is not None:
+                click.echo("")
+                click.echo(render_history(run.history, style=style))
         if not run_is_valid(run.scorecard, run.checks):
             invalid.append(str(run.manifest.experiment_id))
+    if as_json:
+        from xpkit.output.json_results import dumps, runs_document
+
+        click.echo(dumps(runs_document("show", entries)))
     if invalid:
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
         return EXIT_INVALID_RESULT
@@ -569,6 +779,110 @@ def notebook_command(
     return EXIT_OK
 
 
+@main.command("init")
+@click.option(
+    "--assignments",
+    "assignments",
+    required=True,
+    help="The assignment table: a Parquet or CSV file, folder or glob (with --database, a "
+    "table of it).",
+)
+@click.option(
+    "--facts",
+    "facts",
+    multiple=True,
+    required=True,
+    metavar="NAME=PATH",
+    help="A fact table and the name metrics will call it by (repeatable), e.g. "
+    "engagement_daily=data/daily/*.parquet.",
+)
+@click.option(
+    "--database",
+    default=None,
+    help="A .duckdb file holding the tables (then --assignments and --facts name tables).",
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="ROLE=COLUMN",
+    help="An assignment column that cannot be guessed: experiment, unit, variant, timestamp "
+    "or exposed (exposed=false: no exposure column). Repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where experiments.toml and metrics/starter.py go (never over existing files).",
+)
+@_guard
+def init_command(
+    assignments: str,
+    facts: tuple[str, ...],
+    database: str | None,
+    columns: tuple[str, ...],
+    out_dir: Path,
+) -> int:
+    """Write a starter experiments.toml and metrics module for your own tables.
+
+    Reads the tables' columns: the assignment columns are guessed from their names and
+    types, each fact table becomes a Source (its unit and date columns guessed) and each
+    numeric column a Metric. Check the guesses it prints, then run.
+
+    \b
+    Example:
+      xpkit init --assignments data/assignments.parquet \\
+                 --facts engagement_daily='data/daily/*.parquet' --out my-project
+    """
+    from xpkit.starter import plan_starter, write_starter
+
+    starter = plan_starter(assignments, facts, out_dir, database=database, columns=columns)
+    for path in write_starter(starter):
+        click.echo(f"wrote {path}")
+    for guess in starter.guesses:
+        click.echo(f"  guessed: {guess}")
+    config = starter.config_path
+    click.echo("next (check the guesses and the experiments' weights in the config first):")
+    click.echo(f"  xpkit metrics --config {config}")
+    click.echo(f"  xpkit run --config {config} --out {out_dir / 'results'}")
+    return EXIT_OK
+
+
+@main.command("metrics")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Experiments configuration whose metrics_dir and shipped_metrics to use "
+    "(default: experiments.toml when there is one).",
+)
+@_metrics_dir_option
+@_guard
+def metrics_command(config_path: Path | None, metrics_dir: str | None) -> int:
+    """List the metrics a config's experiments can use: name, kind, source table, file,
+    and description (the class docstring).
+
+    \b
+    Example:
+      xpkit metrics --config experiments.toml
+    """
+    import shutil
+
+    from xpkit.config import load_config
+    from xpkit.output.catalogue import render_catalogue
+
+    if config_path is None and Path("experiments.toml").is_file():
+        config_path = Path("experiments.toml")
+    config = load_config(config_path) if config_path is not None else None
+    registry = _registry(config, metrics_dir)
+    width = min(80, shutil.get_terminal_size((80, 24)).columns)
+    click.echo(render_catalogue(registry, width=width))
+    return EXIT_OK
+
+
 @main.command("sample-data")
 @click.option("--members", type=int, default=40_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
@@ -616,6 +930,9 @@ def demo_command(
     """
     import json
 
+    from xpkit.config import load_config
+    from xpkit.output.terminal import render_scorecard
+
     manifest = demo_dir / "manifest.json"
     config_path = demo_dir / "experiments.toml"
     fresh = True
@@ -631,7 +948,18 @@ def demo_command(
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, None)
     ids = [e.id for e in config.run.experiment]
-    runs = run_all(config, registry, ids, demo_dir / "results")
+    progress = _progress(_is_terminal(sys.stderr))
+    try:
+        runs = run_all(
+            config,
+            registry,
+            ids,
+            demo_dir / "results",
+            on_step=None if progress is None else progress.on_step,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     for run in runs:
         click.echo(render_scorecard(run.scorecard, run.checks, _style()))
         click.echo("")

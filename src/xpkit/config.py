@@ -7,6 +7,7 @@ control that is not one of the variants, a path that does not exist — becomes 
 Example ``experiments.toml``::
 
     metrics_dir = "metrics"            # relative paths are relative to this file
+    shipped_metrics = true             # add the metrics shipped with xpkit (the default)
     engine = "duckdb"                  # or "spark"; --engine overrides it
 
     [tables]                           # logical table name -> Parquet path/glob or table
@@ -38,6 +39,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -110,15 +112,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_exposure(value: object) -> object:
+    """``exposed = false`` (or ``""``): the table has no exposure column."""
+    if value is False or value == "":
+        return None
+    if value is True:
+        raise ValueError(
+            'true names no column: write the exposure column\'s name (exposed = "exposed_flag"), '
+            "or exposed = false when the table has none (intent-to-treat only)"
+        )
+    return value
+
+
 class AssignmentColumns(_Strict):
-    """How the assignment table's columns are named (defaults match the sample data)."""
+    """How the assignment table's columns are named (defaults match the sample data).
+
+    ``exposed`` is the 0/1 (boolean) column saying the unit reached the changed surface,
+    logged for control units too; ``exposed = false`` when there is none: xpkit then
+    analyses intent-to-treat only (no TOT population, no complier effect).
+    """
 
     table: TableName = "experiment_assignments"
     experiment: Identifier = "experiment_id"
     unit: Identifier = "member_id"
     variant: Identifier = "variant"
     timestamp: Identifier = "assignment_timestamp"
-    exposed: Identifier | None = "exposed_flag"
+    exposed: Annotated[Identifier | None, BeforeValidator(_no_exposure)] = "exposed_flag"
 
 
 class ExposureLog(_Strict):
@@ -337,6 +356,9 @@ class RunConfig(_Strict):
     tables: dict[str, StrictStr] = {}
     database: StrictStr | None = None
     metrics_dir: StrictStr | None = None
+    # The metrics shipped with xpkit (xpkit.metrics) are added to the project's; false
+    # leaves them out (a project whose names would clash with theirs, say).
+    shipped_metrics: StrictBool = True
     engine: Literal["duckdb", "spark"] = "duckdb"  # where the SQL runs
     # The zone that turns every timestamp into a calendar date (assignment days, windows),
     # on every engine, whatever the machine's own zone.

@@ -6,6 +6,7 @@ only orders them and carries provenance along.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -60,7 +61,7 @@ from xpkit.decide.stopping import (
     stopping_verdict,
 )
 from xpkit.define.metric import Metric, Source
-from xpkit.define.registry import MetricRegistry
+from xpkit.define.registry import MetricRegistry, load_catalogue, project_metrics_dir
 from xpkit.engines import Engine, open_engine
 from xpkit.errors import (
     ConfigError,
@@ -92,6 +93,26 @@ from xpkit.stats.means import _check_binary
 
 if TYPE_CHECKING:
     import duckdb
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """A step of :func:`run_all` starting, for a progress display.
+
+    ``step`` is ``checking`` (every experiment's metrics and columns, ``experiment_id``
+    empty), then per experiment ``bounds``, ``statement``, ``statistics`` (``rows_read``:
+    the rows the statement read), ``writing`` and ``done``. ``index`` counts the
+    experiments from 1 to ``total``.
+    """
+
+    experiment_id: str
+    index: int
+    total: int
+    step: str
+    rows_read: int | None = None
+
+
+StepCallback = Callable[[RunStep], None]
 
 
 @dataclass(frozen=True)
@@ -437,6 +458,10 @@ def check_proportions(
                     ) from None
 
 
+def _no_step(step: str, rows_read: int | None) -> None:
+    """Nobody is watching: no progress to report."""
+
+
 def run_experiment(
     config: LoadedConfig,
     registry: MetricRegistry,
@@ -450,6 +475,7 @@ def run_experiment(
     past_fractions: Sequence[float] = (),
     schema_checked: bool = False,
     slices: Sequence[str] | None = None,
+    on_step: Callable[[str, int | None], None] | None = None,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -460,7 +486,9 @@ def run_experiment(
     information fractions of this experiment's earlier recorded runs (group-sequential).
     ``schema_checked`` skips the column check a caller has already made. ``slices``
     replaces the experiment's configured slices (``["device", "device*country"]``).
+    ``on_step(step, rows_read)`` is told when each step starts (see :class:`RunStep`).
     """
+    step = on_step or _no_step
     experiment = config.experiment(experiment_id)
     metrics = resolve_metrics(config, registry, experiment_id)
     if not schema_checked:
@@ -469,6 +497,7 @@ def run_experiment(
     computed_at = datetime.now(UTC)
     run_date = run_date or computed_at.date()
     assignments = config.run.assignments
+    step("bounds", None)
     bounds = resolve_dates(config, metrics, experiment_id, engine, as_of, run_date)
     dates = bounds.dates if bounds is not None else None
 
@@ -483,6 +512,7 @@ def run_experiment(
             experiment, metrics, assignments, dates, dialect=engine.dialect, slices=sliced
         )
         assert query.layout is not None
+        step("statement", None)
         try:
             result = engine.query(query.sql)
         except EngineDataError as err:
@@ -513,7 +543,7 @@ def run_experiment(
             experiment, assignments, config.run.exposures, dialect=engine.dialect
         )
         exposure_counts = engine.query(exposure_sql.sql).to_pylist()[0]
-    checks += exposure_checks(exposure_counts)
+    checks += exposure_checks(exposure_counts, flagged=assignments.exposed is not None)
     infos: dict[str, MetricInfo] = {}
     results = []
     history_table = None
@@ -534,12 +564,14 @@ def run_experiment(
         by_date = read_history(cells, query.layout, populations)
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
+        step("statistics", sum(rows_read.values()))
         infos = {
             m.name: MetricInfo(
                 m.name,
                 m.kind,
                 m.higher_is_better,
                 query.layout.metrics.get(m.name) or MetricLayout(m.name, m.kind, value=""),
+                description=m.description,
             )
             for m in metrics
         }
@@ -678,6 +710,21 @@ def _sequential_plan(
     )
 
 
+def catalogue_for(
+    config: LoadedConfig | None, metrics_dir: str | Path | None = None
+) -> MetricRegistry:
+    """The metrics a config's experiments can use: ``metrics_dir`` (else the config's
+    ``metrics_dir``, else ``./metrics`` when there is one) plus the metrics shipped with
+    xpkit, unless the config sets ``shipped_metrics = false``."""
+    folder: str | Path | None = metrics_dir
+    if folder is None and config is not None:
+        folder = config.metrics_dir
+    if folder is None:
+        folder = project_metrics_dir()
+    shipped = config.run.shipped_metrics if config is not None else True
+    return load_catalogue(folder, shipped=shipped)
+
+
 def engine_for(
     config: LoadedConfig,
     name: str | None = None,
@@ -721,6 +768,7 @@ def run_all(
     history: bool = False,
     on_published: Callable[[ExperimentRun], None] | None = None,
     slices: Sequence[str] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
 
@@ -730,19 +778,27 @@ def run_all(
     replaces every listed experiment's configured slices. ``out_dir=None`` publishes
     nothing: the runs are returned, each a first look for the group-sequential rule (the
     earlier looks are the runs recorded under ``out_dir``). ``engine`` runs on an engine
-    the caller opened (and closes) instead of opening one.
+    the caller opened (and closes) instead of opening one. ``on_step`` is told what the
+    run is doing (:class:`RunStep`), for a progress display.
     """
+    total = len(experiment_ids)
+
+    def report(experiment_id: str, index: int, name: str, rows: int | None = None) -> None:
+        if on_step is not None:
+            on_step(RunStep(experiment_id, index, total, name, rows))
+
     own = engine is None
     if engine is None:
         engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
+        report("", 0, "checking")
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
             check_schema(config, metrics, engine)
             slice_request(config, config.experiment(experiment_id), metrics, engine, slices)
         runs = []
         filed = run_date or datetime.now(UTC).date()
-        for experiment_id in experiment_ids:
+        for index, experiment_id in enumerate(experiment_ids, start=1):
             run = run_experiment(
                 config,
                 registry,
@@ -757,11 +813,15 @@ def run_all(
                 ),
                 schema_checked=True,
                 slices=slices,
+                on_step=functools.partial(report, experiment_id, index),
             )
             if out_dir is None:
                 runs.append(run)
+                report(experiment_id, index, "done")
                 continue
+            report(experiment_id, index, "writing")
             runs.append(write_run(run, out_dir))
+            report(experiment_id, index, "done")
             if on_published is not None:
                 on_published(runs[-1])
         return runs

@@ -26,9 +26,16 @@ def check_columns(
             if col.lower() not in lowered:
                 close = difflib.get_close_matches(col, list(available), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                fix = ""
+                if owner == "assignments" and col == assignments.exposed:
+                    fix = (
+                        "; name the table's exposure column with [assignments] exposed = "
+                        '"...", or set exposed = false when it has none (intent-to-treat '
+                        "only: no TOT, no complier effect)"
+                    )
                 raise DataError(
                     f"{owner}: column {col!r} does not exist in table {table!r}{hint} "
-                    f"(columns: {', '.join(available)})"
+                    f"(columns: {', '.join(available)}){fix}"
                 )
 
     wanted = [assignments.experiment, assignments.unit, assignments.variant, assignments.timestamp]

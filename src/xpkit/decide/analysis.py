@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from xpkit.config import ExperimentConfig
+from xpkit.decide.notes import POPULATION_NOTES as POPULATION_NOTES  # where it was
 from xpkit.layout import MetricLayout, QuantileLayout
 from xpkit.moments import Moments
 from xpkit.readout import HistogramRows, MomentsTable
@@ -27,15 +28,6 @@ from xpkit.stats.quantile_bins import EventHistogram, Histogram, bin_values
 from xpkit.stats.quantiles import quantile_clustered, quantile_test
 from xpkit.stats.ratio import ratio_test
 
-POPULATION_NOTES = {
-    "itt": "intent to treat: every assigned unit; the unbiased effect of the assignment",
-    "tot": "treatment on the treated, SELECTED ON EXPOSURE: exposure correlates with "
-    "engagement, so this is not an unbiased effect",
-    "cace": "complier average causal effect: the ITT effect over the exposure-rate effect, both "
-    "adjusted like the ITT row (2SLS, one-sided non-compliance); the honest effect per "
-    "exposed unit; means and relative lift are the compliers' own",
-}
-
 
 @dataclass(frozen=True)
 class MetricInfo:
@@ -45,6 +37,7 @@ class MetricInfo:
     kind: str
     higher_is_better: bool
     layout: MetricLayout
+    description: str = ""  # the class docstring, carried into the scorecard
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -252,21 +252,24 @@ def data_checks(
     return checks
 
 
-def exposure_checks(counts: Mapping[str, int] | None) -> list[Check]:
-    """Exposure events with no assignment, or before it, point at broken logging."""
+def exposure_checks(counts: Mapping[str, int] | None, *, flagged: bool = True) -> list[Check]:
+    """Exposure events with no assignment, or before it, point at broken logging.
+
+    ``flagged``: the assignment table has an exposure column (``exposed`` is not false).
+    """
     if counts is None:
-        return [
-            Check(
-                "exposure_log",
-                None,
-                None,
-                True,
-                False,
-                "no exposure log configured ([exposures] in the config): exposure comes from "
-                "the assignment table's flag, so exposures without or before an assignment "
-                "cannot be checked",
+        detail = (
+            "no exposure log configured ([exposures] in the config): exposure comes from "
+            "the assignment table's flag, so exposures without or before an assignment "
+            "cannot be checked"
+        )
+        if not flagged:
+            detail = (
+                "no exposure column ([assignments] exposed = false) and no exposure log: "
+                "intent-to-treat only, without the TOT population, the complier effect or "
+                "the exposed-split check"
             )
-        ]
+        return [Check("exposure_log", None, None, True, False, detail)]
     total = int(counts["n_exposures"] or 0)
     out = []
     for name, key, what in (

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 from xpkit.config import ExperimentConfig
 from xpkit.decide.analysis import MetricInfo, MetricResult, analyse_slice, estimate
@@ -117,7 +117,7 @@ def _per_family(experiment: ExperimentConfig, rows: list[SliceResult]) -> list[S
     families: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         families.setdefault(row.family, []).append(i)
-    z = float(sps.norm.ppf(1.0 - experiment.alpha / 2.0))
+    z = float(special.ndtri(1.0 - experiment.alpha / 2.0))  # norm.ppf
     out = list(rows)
     for idx in families.values():
         # A slice whose split is broken takes no part in its family's comparisons.

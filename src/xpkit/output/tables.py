@@ -28,6 +28,7 @@ from xpkit.output.schemas import (
     SCORECARD_SCHEMA,
     SQL_METADATA_KEY,
 )
+from xpkit.output.validate import run_is_valid as run_is_valid  # where it was
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def build_scorecard(
             "population": r.population,
             "population_note": POPULATION_NOTES.get(r.population),
             "metric": r.metric,
+            "metric_description": metrics[r.metric].description or None,
             "metric_kind": metrics[r.metric].kind,
             "quantile_level": _f(e.extra.get("q"))
             if metrics[r.metric].kind == "quantile"
@@ -252,12 +254,3 @@ def build_history_table(
         "trend": [s.trend for s, _, _, _ in rows],
     }
     return pa.table(columns, schema=HISTORY_SCHEMA)
-
-
-def run_is_valid(scorecard: pa.Table, checks: pa.Table | None) -> bool:
-    """A published run is valid when it has results, all marked valid, and no gate failed."""
-    if scorecard.num_rows == 0 or not all(scorecard.column("valid").to_pylist()):
-        return False
-    if checks is None:
-        return True
-    return not any(c["gate"] and not c["passed"] for c in checks.to_pylist())

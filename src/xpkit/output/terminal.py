@@ -16,12 +16,15 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from xpkit.config import ALL_SLICES
-from xpkit.decide.analysis import POPULATION_NOTES
-from xpkit.decide.planning import PowerPlan
+from xpkit.decide.notes import POPULATION_NOTES
+
+if TYPE_CHECKING:
+    from xpkit.decide.planning import PowerPlan
 
 _POPULATION_TITLES = {
     "itt": "ITT",

@@ -113,3 +113,12 @@ def _with_added_columns(table: pa.Table) -> pa.Table:
 def validate_scorecard(table: pa.Table, path: Path) -> pa.Table:
     """``table`` if it is a scorecard (every column, each of its type), else BadInputError."""
     return validate_table(table, path, "scorecard")
+
+
+def run_is_valid(scorecard: pa.Table, checks: pa.Table | None) -> bool:
+    """A published run is valid when it has results, all marked valid, and no gate failed."""
+    if scorecard.num_rows == 0 or not all(scorecard.column("valid").to_pylist()):
+        return False
+    if checks is None:
+        return True
+    return not any(c["gate"] and not c["passed"] for c in checks.to_pylist())
