@@ -130,12 +130,13 @@ def read_cells(result: pa.Table, layout: MomentsLayout) -> Cells:
 
 @dataclass(frozen=True)
 class HistogramRows:
-    """One quantile metric's histogram rows, per cell and bin key (layout.QuantileLayout).
+    """One quantile metric's histogram rows, per arm, exposure and bin key
+    (layout.QuantileLayout; analysed units only, so they carry no assignment date).
 
-    ``key`` is -1 where a row has no key (event level: the row holding the cell's units).
+    ``key`` is -1 where a row has no key (event level: the row holding the units).
     """
 
-    variant: list[str | None]
+    variant: pa.ChunkedArray
     multi_variant: np.ndarray
     exposed: np.ndarray
     analysed: np.ndarray
@@ -149,8 +150,8 @@ class HistogramRows:
     def arm(self, variant: str, *, exposed_only: bool = False) -> HistogramArm:
         """A variant's analysed rows summed over cells: keys and their sums (unsorted,
         repeated keys for the estimator to add), and the units of an event histogram."""
-        rows = self.analysed & np.array([v == variant for v in self.variant], dtype=bool)
-        rows &= ~self.multi_variant
+        mine = _flags(pc.equal(self.variant, variant))
+        rows = self.analysed & mine & ~self.multi_variant
         if exposed_only:
             rows &= self.exposed
         keyed = rows & self.has_key
@@ -162,6 +163,16 @@ class HistogramRows:
             cross=self.cross[keyed],
             units=int(self.n[rows & ~self.has_key].sum()),
         )
+
+
+def _flags(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A boolean column as a NumPy mask, NULL as False."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _integers(values: pa.ChunkedArray | pa.Array, missing: int) -> np.ndarray:
+    filled = pc.fill_null(pc.cast(values, pa.int64()), missing)
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -177,19 +188,19 @@ class HistogramArm:
 
 
 def read_histograms(result: pa.Table, layout: MomentsLayout) -> dict[str, HistogramRows]:
-    """Each quantile metric's histogram rows."""
+    """Each quantile metric's histogram rows (columns read whole, never row by row)."""
     out: dict[str, HistogramRows] = {}
     for name, q in layout.quantiles.items():
         rows = result.filter(pc.equal(result.column(PART_COLUMN), q.part))
         keys = rows.column(BIN_COLUMN)
         out[name] = HistogramRows(
-            variant=[None if v is None else str(v) for v in rows.column("variant").to_pylist()],
-            multi_variant=np.array(rows.column("multi_variant").to_pylist(), dtype=bool),
-            exposed=np.array([bool(e) for e in rows.column("exposed").to_pylist()], dtype=bool),
-            analysed=np.array(rows.column("analysed").to_pylist(), dtype=bool),
-            has_key=np.array(pc.is_valid(keys).to_pylist(), dtype=bool),
-            key=np.array([-1 if k is None else int(k) for k in keys.to_pylist()], dtype=np.int64),
-            n=np.array([int(v or 0) for v in rows.column("n").to_pylist()], dtype=np.int64),
+            variant=rows.column("variant"),
+            multi_variant=_flags(rows.column("multi_variant")),
+            exposed=_integers(rows.column("exposed"), 0) != 0,
+            analysed=_flags(rows.column("analysed")),
+            has_key=_flags(pc.is_valid(keys)),
+            key=_integers(keys, -1),
+            n=_integers(rows.column("n"), 0),
             events=_column(rows, EVENTS_COLUMN),
             pairs=_column(rows, PAIRS_COLUMN),
             cross=_column(rows, CROSS_COLUMN),
