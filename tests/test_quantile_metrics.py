@@ -437,3 +437,39 @@ def test_sample_latency_tail_improves_median_does_not(sample_dir: Path) -> None:
         f"p95 difference {tail['abs_effect']:.1f}, clustered se {tail['abs_se']:.2f}, bootstrap se {boot_se:.2f}"
     )
     assert tail["abs_se"] == pytest.approx(boot_se, rel=0.2)
+
+
+def test_a_text_value_is_a_message_naming_the_metric(world: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from xpkit.cli import main
+
+    (world / "metrics" / "bad.py").write_text(
+        "from xpkit import Metric\n"
+        "from .m import Plays\n"
+        "class DayP95(Metric):\n"
+        '    """A quantile of a text column."""\n'
+        "    source = Plays\n"
+        '    value = "CAST(day AS VARCHAR)"\n'
+        '    kind = "quantile"\n'
+        "    quantile = 0.95\n"
+    )
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        (world / "experiments.toml")
+        .read_text()
+        .replace('metrics_dir = "metrics"', f'metrics_dir = "{world / "metrics"}"')
+        .replace('"latency_median"]', '"latency_median", "day_p95"]')
+        .replace('= "assignments.parquet"', f'= "{world / "assignments.parquet"}"')
+        .replace('= "daily.parquet"', f'= "{world / "daily.parquet"}"')
+        .replace('= "plays.parquet"', f'= "{world / "plays.parquet"}"')
+    )
+    try:
+        result = CliRunner().invoke(
+            main, ["run", "--config", str(config), "--out", str(tmp_path / "o"), "--quiet"]
+        )
+    finally:
+        (world / "metrics" / "bad.py").unlink()
+    assert result.exit_code == 2, result.output
+    assert "metric 'day_p95'" in result.output and "bad.py" in result.output
+    assert "Traceback" not in result.output

@@ -222,8 +222,10 @@ class Metric:
                 cls.value_tree = parse_fragment(
                     cls.value, owner=owner, field="value", aggregate=False
                 )
-                # What the metric reads, for the column checks and its hash.
-                cls.expression = f"COUNT({cls.value_tree.sql('duckdb')})"
+                # What the metric reads, for the column checks, its hash and the probe that
+                # binds it before the real statement: a row value must be a number, and
+                # SUM refuses text with the metric named.
+                cls.expression = f"SUM({cls.value_tree.sql('duckdb')})"
         elif cls.value is not None or cls.quantile is not None:
             raise MetricDefinitionError(
                 f"{owner}: `value` and `quantile` are for kind = 'quantile' (kind is {cls.kind!r})"
