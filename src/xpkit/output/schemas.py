@@ -394,20 +394,8 @@ SCORECARD_SCHEMA = pa.schema(
 
 CHECKS_SCHEMA = pa.schema(
     [
-        _field(
-            "experiment_id",
-            pa.string(),
-            (
-                "The experiment's id as configured (its folder name on disk may be encoded; this "
-                "column is the real id)."
-            ),
-        ),
-        _field(
-            "run_date",
-            pa.date32(),
-            "The date the run is filed under: --run-date, else the day it ran (UTC).",
-        ),
-        RUN_ID_FIELD,
+        # The run's key columns, as the scorecard's.
+        *(SCORECARD_SCHEMA.field(name) for name in ("experiment_id", "run_date", "run_id")),
         _field(
             "name",
             pa.string(),
