@@ -406,6 +406,20 @@ def sql_command(
     is_flag=True,
     help="Also write the daily history (effects as of each day, always-valid p-values and intervals) to the history tables.",
 )
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Keep per-unit state between runs and scan only the days since the last run (and "
+    "recent days whose rows changed): the same results as a full run, at the cost of the "
+    "new days. The state goes in --state or the config's state folder.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the incremental state (with --incremental; default: the config's state).",
+)
 @_metrics_dir_option
 @_as_of_option
 @_guard
@@ -424,6 +438,8 @@ def run_command(
     as_json: bool,
     slices: list[str] | None,
     history: bool,
+    incremental: bool,
+    state_dir: Path | None,
     metrics_dir: str | None,
     as_of: Any,
 ) -> int:
@@ -436,6 +452,7 @@ def run_command(
     \b
     Example:
       xpkit run --config experiments.toml --out results/ --experiment homepage_ranking_v2
+      xpkit run --config experiments.toml --out results/ --incremental --state state/
     """
     from xpkit.config import load_config
     from xpkit.output.terminal import render_scorecard
@@ -453,6 +470,7 @@ def run_command(
     from xpkit.output.storage import check_out_folder
 
     check_out_folder(out_dir, config.run.tables)
+    state = _state_folder(incremental, state_dir, config, out_dir)
     entries: list[dict[str, Any]] = []
 
     def published(run: ExperimentRun) -> None:
@@ -481,6 +499,8 @@ def run_command(
             on_published=published,
             slices=slices,
             on_step=None if progress is None else progress.on_step,
+            state_dir=state,
+            lookback=config.run.restatement_lookback,
         )
     finally:
         if progress is not None:
@@ -494,6 +514,34 @@ def run_command(
         click.echo(f"xpkit: INVALID results for: {', '.join(invalid)} (exit 3)", err=True)
         return EXIT_INVALID_RESULT
     return EXIT_OK
+
+
+def _state_folder(
+    incremental: bool, state_dir: Path | None, config: LoadedConfig, out_dir: Path
+) -> Path | None:
+    """The incremental state's folder, or None for a full run."""
+    if not incremental:
+        if state_dir is not None:
+            raise click.UsageError(
+                "--state is the folder of an incremental run's state: add --incremental "
+                "to run incrementally (without it, the run recomputes everything and leaves "
+                "the state alone)"
+            )
+        return None
+    folder = state_dir or (Path(config.run.state) if config.run.state else None)
+    if folder is None:
+        raise click.UsageError(
+            "--incremental keeps per-unit state between runs: give it a folder with --state "
+            'DIR, or set state = "state" in the config'
+        )
+    if folder.resolve() == out_dir.resolve():
+        raise click.UsageError(
+            f"--state {folder} is the --out folder; keep the state in a folder of its own "
+            f"beside it (e.g. --state {out_dir.parent / (out_dir.name + '-state')})"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise click.UsageError(f"--state {folder} is a file; give a folder")
+    return folder
 
 
 def _fraction(value: str, option: str, example: str) -> tuple[float, bool]:

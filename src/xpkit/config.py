@@ -350,6 +350,10 @@ class ExperimentConfig(_Strict):
         return [v for v in self.weights if v != self.control]
 
 
+# Recent days an incremental run keeps per day and checks for late rows (restatement).
+DEFAULT_RESTATEMENT_LOOKBACK = 3
+
+
 class RunConfig(_Strict):
     """The whole configuration file."""
 
@@ -369,6 +373,11 @@ class RunConfig(_Strict):
     memory_limit: Annotated[StrictStr, AfterValidator(check_memory_limit)] | None = None
     threads: Annotated[StrictInt, AfterValidator(check_threads)] | None = None
     temp_directory: StrictStr | None = None
+    # Incremental runs (xpkit run --incremental): the folder their state is kept in (the
+    # command line's --state overrides it), and how many recent days are kept per day and
+    # checked for late rows on every run.
+    state: StrictStr | None = None
+    restatement_lookback: Annotated[StrictInt, Field(ge=0, le=366)] = DEFAULT_RESTATEMENT_LOOKBACK
     assignments: AssignmentColumns = AssignmentColumns()
     exposures: ExposureLog | None = None
     unit_attributes: UnitAttributes | None = None
@@ -547,11 +556,15 @@ def _resolve_paths(run: RunConfig, base: Path, path: str) -> RunConfig:
     temp_directory = run.temp_directory
     if temp_directory is not None and not Path(temp_directory).is_absolute():
         temp_directory = str(base / temp_directory)
+    state = run.state
+    if state is not None and not Path(state).is_absolute():
+        state = str(base / state)
     return run.model_copy(
         update={
             "tables": tables,
             "database": database,
             "metrics_dir": metrics_dir,
             "temp_directory": temp_directory,
+            "state": state,
         }
     )

@@ -70,6 +70,7 @@ from xpkit.errors import (
     EngineStatementError,
     MetricDefinitionError,
 )
+from xpkit.incremental import DEFAULT_LOOKBACK, Refreshed, StateStore, refresh
 from xpkit.layout import MetricLayout
 from xpkit.output.storage import publish, recorded_fractions
 from xpkit.output.tables import (
@@ -126,6 +127,8 @@ class ExperimentRun:
     paths: tuple[Path, ...] = ()
     history: pa.Table | None = None
     run_id: str | None = None  # set once published
+    # An incremental run's new state, staged: committed once the run is published.
+    state: Refreshed | None = None
 
 
 def resolve_metrics(
@@ -476,6 +479,8 @@ def run_experiment(
     schema_checked: bool = False,
     slices: Sequence[str] | None = None,
     on_step: Callable[[str, int | None], None] | None = None,
+    state: StateStore | None = None,
+    lookback: int = DEFAULT_LOOKBACK,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -487,6 +492,10 @@ def run_experiment(
     ``schema_checked`` skips the column check a caller has already made. ``slices``
     replaces the experiment's configured slices (``["device", "device*country"]``).
     ``on_step(step, rows_read)`` is told when each step starts (see :class:`RunStep`).
+    ``state`` makes the run incremental (xpkit.incremental): the sources' per-unit values
+    come from the state kept there, brought up to date by scanning only the days since
+    (and, among the last ``lookback`` days, those whose row counts changed); the new state
+    is staged in the returned run, for the caller to commit once the run is published.
     """
     step = on_step or _no_step
     experiment = config.experiment(experiment_id)
@@ -507,9 +516,28 @@ def run_experiment(
     cells = None
     slice_cells = {}
     histograms: dict[str, HistogramRows] = {}
+    refreshed = None
     if dates is not None:
+        if state is not None:
+            step("state", None)
+            refreshed = refresh(
+                state,
+                experiment,
+                metrics,
+                assignments,
+                engine,
+                as_of=dates.as_of,
+                lookback=lookback,
+                context=_state_context(config, experiment, engine),
+            )
         query = compile_moments(
-            experiment, metrics, assignments, dates, dialect=engine.dialect, slices=sliced
+            experiment,
+            metrics,
+            assignments,
+            dates,
+            dialect=engine.dialect,
+            slices=sliced,
+            state_sources=refreshed.state_sources if refreshed else None,
         )
         assert query.layout is not None
         step("statement", None)
@@ -564,6 +592,8 @@ def run_experiment(
         by_date = read_history(cells, query.layout, populations)
         for column, table in query.layout.row_counts.items():
             rows_read[table] = rows_read.get(table, 0) + cells.rows_read(column)
+        for table, n in (refreshed.rows_read if refreshed else {}).items():
+            rows_read[table] = rows_read.get(table, 0) + n
         step("statistics", sum(rows_read.values()))
         infos = {
             m.name: MetricInfo(
@@ -655,7 +685,23 @@ def run_experiment(
         valid=not failed_gates(checks),
         sql=sql,
         history=history_table,
+        state=refreshed,
     )
+
+
+def _state_context(
+    config: LoadedConfig, experiment: ExperimentConfig, engine: Engine
+) -> dict[str, object]:
+    """What every source's kept state depends on besides its own accumulators."""
+    return {
+        "experiment": experiment.id,
+        "assignments": config.run.assignments.model_dump(mode="json"),
+        "tables": dict(sorted(config.run.tables.items())),
+        "database": config.run.database,
+        "timezone": config.run.timezone,
+        "engine": engine.dialect,
+        "xpkit_version": __version__,
+    }
 
 
 def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
@@ -769,6 +815,8 @@ def run_all(
     on_published: Callable[[ExperimentRun], None] | None = None,
     slices: Sequence[str] | None = None,
     on_step: StepCallback | None = None,
+    state_dir: Path | None = None,
+    lookback: int = DEFAULT_LOOKBACK,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
 
@@ -779,7 +827,10 @@ def run_all(
     nothing: the runs are returned, each a first look for the group-sequential rule (the
     earlier looks are the runs recorded under ``out_dir``). ``engine`` runs on an engine
     the caller opened (and closes) instead of opening one. ``on_step`` is told what the
-    run is doing (:class:`RunStep`), for a progress display.
+    run is doing (:class:`RunStep`), for a progress display. ``state_dir`` makes the runs
+    incremental (see :func:`run_experiment`): each experiment's new state is committed
+    right after its run is published, so a run killed before that leaves the previous
+    state in use.
     """
     total = len(experiment_ids)
 
@@ -799,32 +850,71 @@ def run_all(
         runs = []
         filed = run_date or datetime.now(UTC).date()
         for index, experiment_id in enumerate(experiment_ids, start=1):
-            run = run_experiment(
-                config,
-                registry,
-                experiment_id,
-                engine,
-                as_of=as_of,
-                run_date=filed,
-                allow_invalid=allow_invalid,
-                history=history,
-                past_fractions=(
-                    recorded_fractions(out_dir, experiment_id, filed) if out_dir else ()
-                ),
-                schema_checked=True,
-                slices=slices,
-                on_step=functools.partial(report, experiment_id, index),
-            )
-            if out_dir is None:
-                runs.append(run)
-                report(experiment_id, index, "done")
-                continue
-            report(experiment_id, index, "writing")
-            runs.append(write_run(run, out_dir))
+            store = StateStore(state_dir, experiment_id) if state_dir is not None else None
+            if store is not None:
+                store.lock()
+            try:
+                runs.append(
+                    _run_and_publish(
+                        config,
+                        registry,
+                        experiment_id,
+                        engine,
+                        out_dir,
+                        as_of=as_of,
+                        run_date=filed,
+                        allow_invalid=allow_invalid,
+                        history=history,
+                        slices=slices,
+                        on_step=functools.partial(report, experiment_id, index),
+                        state=store,
+                        lookback=lookback,
+                    )
+                )
+            finally:
+                if store is not None:
+                    store.release()
             report(experiment_id, index, "done")
-            if on_published is not None:
+            if out_dir is not None and on_published is not None:
                 on_published(runs[-1])
         return runs
     finally:
         if own:
             engine.close()
+
+
+def _run_and_publish(
+    config: LoadedConfig,
+    registry: MetricRegistry,
+    experiment_id: str,
+    engine: Engine,
+    out_dir: Path | None,
+    *,
+    run_date: date,
+    on_step: Callable[[str, int | None], None],
+    **options: Any,
+) -> ExperimentRun:
+    """One experiment run, published under ``out_dir`` (when given), then its new state
+    committed (when incremental): the state never runs ahead of the published runs."""
+    run = run_experiment(
+        config,
+        registry,
+        experiment_id,
+        engine,
+        run_date=run_date,
+        past_fractions=(recorded_fractions(out_dir, experiment_id, run_date) if out_dir else ()),
+        schema_checked=True,
+        on_step=on_step,
+        **options,
+    )
+    try:
+        if out_dir is not None:
+            on_step("writing", None)
+            run = write_run(run, out_dir)
+        if run.state is not None:
+            run.state.commit(__version__)
+    except BaseException:
+        if run.state is not None:
+            run.state.discard()
+        raise
+    return run

@@ -13,7 +13,7 @@ The compiler knows nothing of statistics: alongside the SQL it returns a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -116,6 +116,7 @@ def compile_moments(
     *,
     dialect: str = "duckdb",
     slices: SliceRequest | None = None,
+    state_sources: Mapping[str, Mapping[str, object]] | None = None,
 ) -> CompiledQuery:
     """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
@@ -123,7 +124,9 @@ def compile_moments(
     columns and :mod:`xpkit.readout` for how cells add up to the assignment health counts,
     the ITT/TOT populations and the daily history. With ``slices``, the same statement
     also returns the cells of every slice value (grouping sets over the same per-unit
-    values), marked by the slice columns the layout names.
+    values), marked by the slice columns the layout names. ``state_sources`` (source label
+    -> :func:`xpkit.compile.state.cells_source`) reads those sources' per-unit values from
+    an incremental run's state instead of scanning them.
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
@@ -179,6 +182,7 @@ def compile_moments(
                 "columns": [
                     {"name": ident(c.name), "sql": c.tree.sql("duckdb")} for c in scan.columns
                 ],
+                "state": (state_sources or {}).get(scan.label),
             }
             for scan in scans
         ],

@@ -22,4 +22,11 @@ class Engine(Protocol):
     def query(self, sql: str) -> pa.Table:
         """Run one statement (in this engine's dialect) and return its result."""
 
+    def write_parquet(self, sql: str, path: str) -> None:
+        """Run one statement and write its result as Parquet at ``path`` (a file, or a
+        folder of files on a distributed engine)."""
+
+    def register_parquet(self, name: str, path: str) -> None:
+        """Make the Parquet data ``write_parquet`` wrote at ``path`` the table ``name``."""
+
     def close(self) -> None: ...

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import duckdb
@@ -225,13 +225,38 @@ class DuckDBEngine:
         return list(rel.columns)
 
     def query(self, sql: str) -> pa.Table:
-        try:
+        with self._translated():
             relation = self.con.sql(sql)
             if relation is None:  # a statement without a result
                 return pa.table({})
             # DuckDB 2 names it to_arrow_table(); 1.x returns a Table from arrow().
             fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
             return fetch()
+
+    def write_parquet(self, sql: str, path: str) -> None:
+        """Run one statement and write its result to the Parquet file ``path``, streamed
+        (an incremental run's state is as long as the experiment has units)."""
+        target = exp.Literal.string(path).sql("duckdb")
+        with self._translated():
+            self.con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet)")
+
+    def register_parquet(self, name: str, path: str) -> None:
+        """A view ``name`` over the Parquet file ``path`` (replaced when it exists), dropped
+        when the engine closes."""
+        view = exp.to_table(name).sql("duckdb")
+        location = exp.Literal.string(path).sql("duckdb")
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet({location})"
+        )
+        if self._borrowed and view not in self._views:
+            self._views.append(view)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """DuckDB's errors as xpkit's: the user's to fix (DataError), the data's
+        (EngineDataError) or the statement's (EngineStatementError)."""
+        try:
+            yield
         except duckdb.OutOfMemoryException as err:
             raise DataError(
                 f"DuckDB ran out of memory ({_first_line(err)}); raise the limit with "

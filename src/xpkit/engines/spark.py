@@ -142,6 +142,24 @@ class SparkEngine:
             # Raised while running: a failed cast, an overflow, a bad date in the data.
             raise EngineDataError(_first_line(err)) from err
 
+    def write_parquet(self, sql: str, path: str) -> None:
+        """Run one statement and write its result as Parquet under the folder ``path``."""
+        try:
+            with _quiet_query_context_logs():
+                self.spark.sql(sql).write.mode("overwrite").parquet(path)
+        except _analysis_exception() as err:
+            raise EngineStatementError(_first_line(err)) from err
+        except _spark_exception() as err:
+            raise EngineDataError(_first_line(err)) from err
+
+    def register_parquet(self, name: str, path: str) -> None:
+        """A temporary view ``name`` over the Parquet data at ``path`` (replaced when it
+        exists), dropped when the engine closes."""
+        with _quiet_query_context_logs():
+            self.spark.read.parquet(path).createOrReplaceTempView(name)
+        if name not in self._views:
+            self._views.append(name)
+
     def close(self) -> None:
         if self._owns_session:
             self.spark.stop()

@@ -1,0 +1,333 @@
+"""Statements of an incremental run: per-unit accumulators kept between runs.
+
+A unit's window is fixed relative to its assignment date, so each per-unit column of a
+source scan is a function of aggregates over the unit's rows in its own range of days
+(pre-period start to window end). When every aggregate is one that partial results combine
+into (``SUM``, ``COUNT``, ``MIN``, ``MAX``: partial sums add, partial extremes compare), the
+rows can be aggregated a day at a time and the days combined later: the *accumulators*.
+
+The state of one source is two tables of accumulators: ``settled`` (one row per assigned
+unit: its rows on days that will not be restated again) and ``partials`` (one row per unit
+and day for the most recent days, the restatement lookback, so that a day whose rows
+changed is re-aggregated alone). Three statements keep them:
+
+- the **delta** (``state_delta.sql.j2``): the source's rows on the days to scan, for the
+  units already kept, and all rows in their own range for units that are new (or whose
+  assignment date moved), per unit and day;
+- the **fold** (``state_fold.sql.j2``): last run's state with the delta, the days older than
+  the lookback folded into ``settled``;
+- the **cells** statement reads each unit's values from the folded state instead of
+  scanning the source (``moments.sql.j2``, its state branch), so every step after the
+  per-unit values is the full run's own.
+
+A source whose columns use any other aggregate (``COUNT(DISTINCT ...)``, ``AVG``, a
+percentile) has no accumulators: :func:`plan_state` says why and the run scans it in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from sqlglot import exp
+
+from xpkit.compile.columns import SourceScan, _in_window, plan_columns
+from xpkit.compile.dialects import finish
+from xpkit.compile.sql import date_literal, ident, render, string_literal, table_ref
+from xpkit.compile.statements import CompiledQuery, _assignment_context
+from xpkit.compile.templates import render_template
+from xpkit.config import AssignmentColumns, ExperimentConfig
+from xpkit.define.metric import Metric, Source
+
+# Per-unit columns every state table has besides its accumulators.
+UNIT = "unit_id"
+ASSIGNMENT_DATE = "assignment_date"
+DAY = "xp_day"
+ROWS = "xp_rows"  # the unit's rows in its own range: how many rows the scans read for it
+
+# How partial results of each aggregate combine: a partial sum or count adds, a partial
+# extreme compares. Nothing else is kept as an accumulator.
+_MERGES: dict[type[exp.Expr], type[exp.Func]] = {
+    exp.Sum: exp.Sum,
+    exp.Count: exp.Sum,
+    exp.CountIf: exp.Sum,
+    exp.Min: exp.Min,
+    exp.Max: exp.Max,
+}
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    name: str  # its column in the state tables
+    tree: exp.Expr  # the aggregate over the source's rows (alias s), with its FILTER
+    merge: type[exp.Func]  # the aggregate that combines partial values
+
+
+@dataclass
+class SourceState:
+    """The accumulators of one source scan and each per-unit column as a function of them."""
+
+    scan: SourceScan
+    accumulators: list[Accumulator] = field(default_factory=list)
+    # per-unit column name -> its expression over the merged accumulators (alias st)
+    finals: dict[str, exp.Expr] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.scan.label
+
+    @property
+    def source(self) -> type[Source]:
+        return self.scan.source
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """Which sources of an experiment keep state, and why the others cannot."""
+
+    window: tuple[int, int]  # the days of a unit's own range, from its assignment date
+    sources: dict[str, SourceState]
+    full: dict[str, str]  # source label -> why it is scanned in full
+
+    def key(self, label: str, context: Mapping[str, object]) -> str:
+        """A hash of everything one source's accumulators depend on: their SQL, the
+        source's table and columns, the unit range, and ``context`` (the experiment, the
+        assignment columns, the metrics' definition hashes, xpkit's version...). State made
+        under another key is not used."""
+        state = self.sources[label]
+        payload = {
+            "accumulators": [
+                [a.name, a.tree.sql("duckdb"), a.merge.__name__] for a in state.accumulators
+            ],
+            "finals": {k: v.sql("duckdb") for k, v in state.finals.items()},
+            "table": state.source.table,
+            "unit": state.source.unit,
+            "time": state.source.time,
+            "range": list(self.window),
+            **{k: v for k, v in context.items()},
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _accumulate(scan: SourceScan) -> SourceState | str:
+    """The scan's accumulators, or why it has none."""
+    state = SourceState(scan)
+    names: dict[str, str] = {}
+    for column in scan.columns:
+        problem: list[str] = []
+
+        def replace(node: exp.Expr, problem: list[str] = problem) -> exp.Expr:
+            agg = node.this if isinstance(node, exp.Filter) else node
+            if not isinstance(agg, exp.AggFunc):
+                return node
+            if isinstance(node, exp.Filter) or not isinstance(node.parent, exp.Filter):
+                merge = _MERGES.get(type(agg))
+                if merge is None or agg.find(exp.Distinct) is not None:
+                    problem.append(agg.sql("duckdb"))
+                    return node
+                text = node.sql("duckdb")
+                if text not in names:
+                    names[text] = f"xp_acc_{len(names) + 1}"
+                    state.accumulators.append(Accumulator(names[text], node.copy(), merge))
+                return merge(this=exp.column(names[text], table="st"))
+            return node
+
+        final = column.tree.copy().transform(replace, copy=False)
+        if problem:
+            return (
+                f"{column.name.split('__')[0]} aggregates with {problem[0]}, whose partial "
+                f"results do not combine (only SUM, COUNT, MIN and MAX do)"
+            )
+        state.finals[column.name] = final
+    return state
+
+
+def plan_state(experiment: ExperimentConfig, metrics: Sequence[type[Metric]]) -> StatePlan:
+    """The accumulators of each of the experiment's source scans (see the module's text)."""
+    scans, _, _ = plan_columns(
+        metrics,
+        with_exposure=False,
+        window=experiment.window,
+        pre_window=experiment.pre_window,
+    )
+    first_day = min(experiment.window[0], experiment.pre_window[0])
+    last_day = max(experiment.window[1], experiment.pre_window[1])
+    sources: dict[str, SourceState] = {}
+    full: dict[str, str] = {}
+    for scan in scans:
+        planned = _accumulate(scan)
+        if isinstance(planned, str):
+            full[scan.label] = planned
+        else:
+            sources[scan.label] = planned
+    return StatePlan(window=(first_day, last_day), sources=sources, full=full)
+
+
+@dataclass(frozen=True)
+class StateTables:
+    """The logical tables of one source's state, as the engine sees them."""
+
+    settled: str
+    partials: str
+
+
+def _units_context(
+    experiment: ExperimentConfig, assignments: AssignmentColumns, as_of: date
+) -> dict[str, object]:
+    return {
+        "a": _assignment_context(assignments),
+        "experiment_id": string_literal(experiment.id),
+        "as_of": date_literal(as_of),
+    }
+
+
+def _days_list(days: Sequence[date]) -> str:
+    return ", ".join(date_literal(d) for d in sorted(days))
+
+
+def compile_new_units(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    as_of: date,
+    known: str | None,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """How many units have no kept state (new, or their assignment date moved), and the
+    first assignment date among them: where their scan must start."""
+    sql = render_template(
+        "state_delta.sql.j2",
+        part="new_units",
+        known=ident(known) if known else None,
+        **_units_context(experiment, assignments, as_of),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
+
+
+def compile_delta(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    plan: StatePlan,
+    label: str,
+    *,
+    as_of: date,
+    known: str | None,
+    rescan: Sequence[date],
+    new_from: date | None,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """One source's rows per unit and day: on the ``rescan`` days for the kept units, and
+    from ``new_from`` (the earliest new unit's range start) to ``as_of`` for new units."""
+    state = plan.sources[label]
+    source = state.source
+    first_day, last_day = plan.window
+    in_range = _in_window(source, (first_day, last_day))
+    sql = render_template(
+        "state_delta.sql.j2",
+        part="delta",
+        known=ident(known) if known else None,
+        table=table_ref(source.table),
+        unit=ident(source.unit),
+        time=ident(source.time),
+        in_range=render(in_range),
+        day=render(exp.cast(exp.column(source.time, table="s"), "DATE")),
+        rescan=_days_list(rescan) if rescan else None,
+        rescan_start=date_literal(min(rescan)) if rescan else None,
+        rescan_units_from=date_literal(min(rescan) - timedelta(days=last_day)) if rescan else None,
+        new_from=date_literal(new_from) if new_from else None,
+        end_exclusive=date_literal(as_of + timedelta(days=1)),
+        accumulators=[
+            {"name": ident(a.name), "sql": a.tree.sql("duckdb")} for a in state.accumulators
+        ],
+        unit_column=UNIT,
+        date_column=ASSIGNMENT_DATE,
+        day_column=DAY,
+        rows_column=ROWS,
+        **_units_context(experiment, assignments, as_of),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect, sources=(source.table,))
+
+
+def compile_fold(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    plan: StatePlan,
+    label: str,
+    *,
+    as_of: date,
+    part: str,
+    old: StateTables | None,
+    delta: str,
+    rescan: Sequence[date],
+    settle_through: date,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """The new ``settled`` or ``partials`` table of one source (``part``): last run's
+    state (``old``) for the units whose assignment date is unchanged, without the rescanned
+    days, plus the ``delta``; days up to ``settle_through`` folded into ``settled``."""
+    assert part in ("settled", "partials")
+    state = plan.sources[label]
+    accumulators = [
+        {"name": ident(a.name), "merge": a.merge(this=exp.column(a.name, table="x")).sql("duckdb")}
+        for a in state.accumulators
+    ]
+    sql = render_template(
+        "state_fold.sql.j2",
+        part=part,
+        old_settled=ident(old.settled) if old else None,
+        old_partials=ident(old.partials) if old else None,
+        delta=ident(delta),
+        rescan=_days_list(rescan) if rescan else None,
+        settle_through=date_literal(settle_through),
+        accumulators=accumulators,
+        rows_merge=exp.Sum(this=exp.column(ROWS, table="x")).sql("duckdb"),
+        unit_column=UNIT,
+        date_column=ASSIGNMENT_DATE,
+        day_column=DAY,
+        rows_column=ROWS,
+        **_units_context(experiment, assignments, as_of),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
+
+
+def compile_day_counts(
+    source: type[Source], start: date, end: date, *, dialect: str = "duckdb"
+) -> CompiledQuery:
+    """Rows of ``source`` per day from ``start`` to ``end``: a day whose count changed since
+    it was scanned got late rows and is restated."""
+    day = exp.cast(exp.column(source.time), "DATE")
+    tree = (
+        exp.select(day.copy().as_("day"), exp.Count(this=exp.Star()).as_("n_rows"))
+        .from_(exp.to_table(source.table))
+        .where(
+            exp.and_(
+                exp.column(source.time) >= exp.cast(exp.Literal.string(start.isoformat()), "DATE"),
+                exp.column(source.time)
+                < exp.cast(exp.Literal.string((end + timedelta(days=1)).isoformat()), "DATE"),
+            )
+        )
+        .group_by(day.copy())
+    )
+    return CompiledQuery(
+        sql=finish(render(tree), dialect), dialect=dialect, sources=(source.table,)
+    )
+
+
+def cells_source(tables: StateTables, state: SourceState) -> dict[str, object]:
+    """What the cells statement needs of a source whose per-unit values come from its state
+    (``compile_moments(state_sources=...)``): the state's tables and each per-unit column
+    as an expression over the merged accumulators (alias st)."""
+    names = [UNIT, ASSIGNMENT_DATE, ROWS, *(a.name for a in state.accumulators)]
+    return {
+        "settled": ident(tables.settled),
+        "partials": ident(tables.partials),
+        "names": ", ".join(ident(n) for n in names),
+        "rows_merge": exp.Sum(this=exp.column(ROWS, table="st")).sql("duckdb"),
+        "columns": [
+            {"name": ident(name), "sql": tree.sql("duckdb")} for name, tree in state.finals.items()
+        ],
+    }

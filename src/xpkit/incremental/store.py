@@ -1,0 +1,216 @@
+"""An incremental run's state on disk: versions that appear whole, and a pointer to one.
+
+::
+
+    STATE/<experiment folder>/current.json        {"version": "<id>"}: the state in use
+    STATE/<experiment folder>/<id>/meta.json       what it holds (see StateVersion)
+    STATE/<experiment folder>/<id>/<source>.settled.parquet
+    STATE/<experiment folder>/<id>/<source>.partials.parquet
+    STATE/<experiment folder>/.lock                one incremental run at a time
+
+A run writes its new state into a staging folder of its own, and only after the run itself
+is published renames it to its version id and replaces ``current.json`` (atomically); then
+it removes the older versions. A run killed at any point leaves ``current.json`` naming the
+previous state, whole and usable: the next run starts from it and scans the days since.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from xpkit.errors import BadInputError
+from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
+from xpkit.output.storage import folder_name
+
+STATE_FORMAT = 1
+POINTER = "current.json"
+META = "meta.json"
+STAGING_PREFIX = ".staging-"
+
+
+class StateLockedError(BadInputError):
+    """Another incremental run of the experiment is using the state folder."""
+
+
+@dataclass(frozen=True)
+class SourceMeta:
+    """One source's kept accumulators.
+
+    ``key``: the hash of what they depend on (see compile.state.StatePlan.key);
+    ``scanned_through``: the last day scanned; ``settle_through``: the last day folded
+    into ``settled`` (later days are in ``partials``, one row per unit and day);
+    ``counts``: the source's rows per day for the days after ``settle_through``, as seen
+    when they were last scanned (a changed count means late rows: the day is restated).
+    """
+
+    key: str
+    table: str
+    scanned_through: date
+    settle_through: date
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "table": self.table,
+            "scanned_through": self.scanned_through.isoformat(),
+            "settle_through": self.settle_through.isoformat(),
+            "counts": dict(sorted(self.counts.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> SourceMeta:
+        return cls(
+            key=str(data["key"]),
+            table=str(data["table"]),
+            scanned_through=date.fromisoformat(data["scanned_through"]),
+            settle_through=date.fromisoformat(data["settle_through"]),
+            counts={str(k): int(v) for k, v in data["counts"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class StateVersion:
+    """A committed state: its folder, the as-of date it was made for, and its sources."""
+
+    path: Path
+    version: str
+    experiment_id: str
+    as_of: date
+    xpkit_version: str
+    sources: dict[str, SourceMeta]
+
+    def settled(self, label: str) -> Path:
+        return self.path / f"{label}.settled.parquet"
+
+    def partials(self, label: str) -> Path:
+        return self.path / f"{label}.partials.parquet"
+
+
+@dataclass
+class StagedState:
+    """A new state being written: its files go in ``path`` until :meth:`StateStore.commit`."""
+
+    path: Path
+    version: str
+
+    def settled(self, label: str) -> Path:
+        return self.path / f"{label}.settled.parquet"
+
+    def partials(self, label: str) -> Path:
+        return self.path / f"{label}.partials.parquet"
+
+    def delta(self, label: str) -> Path:
+        return self.path / f"{label}.delta.parquet"
+
+
+class StateStore:
+    """The state folder of one experiment under ``root`` (``--state``)."""
+
+    def __init__(self, root: Path, experiment_id: str) -> None:
+        self.root = root
+        self.experiment_id = experiment_id
+        self.folder = root / folder_name(experiment_id)
+        self._lock: FileLock | None = None
+
+    def lock(self, wait: float = 5.0) -> None:
+        """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.folder / ".lock", wait=wait)
+        try:
+            lock.acquire()
+        except LockHeld as err:
+            raise StateLockedError(
+                f"experiment {self.experiment_id!r}: another incremental run is using its "
+                f"state in {self.folder} ({err.holder.describe()}); wait for it to finish, "
+                f"or give this run another --state folder"
+            ) from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def current(self) -> StateVersion | None:
+        """The committed state, or None when there is none (or it cannot be read: it is
+        then rebuilt, never half-used)."""
+        pointer = self.folder / POINTER
+        try:
+            version = str(json.loads(pointer.read_text())["version"])
+            path = self.folder / version
+            meta = json.loads((path / META).read_text())
+            if meta.get("format") != STATE_FORMAT or meta.get("experiment") != self.experiment_id:
+                return None
+            sources = {k: SourceMeta.from_json(v) for k, v in meta["sources"].items()}
+            found = StateVersion(
+                path=path,
+                version=version,
+                experiment_id=self.experiment_id,
+                as_of=date.fromisoformat(meta["as_of"]),
+                xpkit_version=str(meta["xpkit_version"]),
+                sources=sources,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not all(found.settled(k).exists() and found.partials(k).exists() for k in sources):
+            return None
+        return found
+
+    def stage(self) -> StagedState:
+        version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        path = self.folder / f"{STAGING_PREFIX}{version}"
+        path.mkdir(parents=True)
+        return StagedState(path, version)
+
+    def commit(
+        self,
+        staged: StagedState,
+        *,
+        as_of: date,
+        xpkit_version: str,
+        sources: dict[str, SourceMeta],
+    ) -> StateVersion:
+        """Make ``staged`` the state in use, then remove the older ones."""
+        for label in sources:  # the fold's inputs are not part of the state
+            delta = staged.delta(label)
+            if delta.is_dir():
+                shutil.rmtree(delta, ignore_errors=True)
+            else:
+                delta.unlink(missing_ok=True)
+        meta = {
+            "format": STATE_FORMAT,
+            "experiment": self.experiment_id,
+            "as_of": as_of.isoformat(),
+            "xpkit_version": xpkit_version,
+            "sources": {k: v.to_json() for k, v in sorted(sources.items())},
+        }
+        with atomic_path(staged.path / META, durable=True) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        for file in staged.path.rglob("*"):
+            if file.is_file():
+                fsync_path(file)
+        final = self.folder / staged.version
+        staged.path.rename(final)
+        fsync_path(self.folder)
+        with atomic_path(self.folder / POINTER, durable=True) as tmp:
+            tmp.write_text(json.dumps({"version": staged.version}) + "\n")
+        for other in self.folder.iterdir():
+            if other.is_dir() and other.name != staged.version:
+                shutil.rmtree(other, ignore_errors=True)
+        return StateVersion(
+            path=final,
+            version=staged.version,
+            experiment_id=self.experiment_id,
+            as_of=as_of,
+            xpkit_version=xpkit_version,
+            sources=sources,
+        )
+
+    def discard(self, staged: StagedState) -> None:
+        shutil.rmtree(staged.path, ignore_errors=True)

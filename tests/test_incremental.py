@@ -1,0 +1,443 @@
+"""Incremental runs give the full run's numbers, day after day, and stay safe when the data,
+the definitions or the process change under them.
+
+Each daily step runs the sample experiments twice on one thread: a full recompute, and an
+incremental run that starts from the state the previous day's incremental run left. Every
+number of the scorecard, checks and history is compared. Integer-valued metrics (sessions,
+plays, errors, the 0/1 streamers) are bit-identical; watch seconds are fractional, and the
+incremental run adds a unit's days in another order (settled days, then the recent ones),
+so they agree to rounding (~1e-15 relative), as two full runs on two threads do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+import xpkit.runner as runner_module
+from xpkit.cli import main
+from xpkit.compile.state import plan_state
+from xpkit.config import ExperimentConfig, load_config
+from xpkit.define.metric import Metric, Source
+from xpkit.define.registry import load_metrics, registry_of
+from xpkit.incremental import StateStore
+from xpkit.runner import engine_for, run_all
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["homepage_ranking_v2", "artwork_abc", "player_srm", "search_exposure_bug"]
+# What a run records about itself rather than about the experiment.
+OWN = {"computed_at", "run_id", "sql", "sql_sha256", "rows_read", "xpkit_version"}
+# Metrics whose per-unit values are whole numbers: every number of theirs is bit-identical
+# (a family-adjusted p-value also depends on the other metrics' p-values).
+INTEGER_METRICS = {"sessions", "plays", "errors", "streamers", "errors_per_play"}
+FIRST_DAY = date(2024, 3, 17)
+
+
+def _runs(config_path: Path, day: date, state: Path | None, **kwargs):
+    config = load_config(config_path)
+    engine = engine_for(config, threads=1)
+    try:
+        return run_all(
+            config,
+            load_metrics(ROOT / "metrics"),
+            kwargs.pop("experiments", EXPERIMENTS),
+            None,
+            engine=engine,
+            as_of=day,
+            run_date=day,
+            history=True,
+            state_dir=state,
+            **kwargs,
+        )
+    finally:
+        engine.close()
+
+
+def _rows(table) -> list[dict]:
+    return table.select([c for c in table.column_names if c not in OWN]).to_pylist()
+
+
+def _assert_same(full, incremental) -> None:
+    assert [r.experiment_id for r in full] == [r.experiment_id for r in incremental]
+    for f, n in zip(full, incremental, strict=True):
+        assert f.valid == n.valid
+        for kind in ("scorecard", "checks", "history"):
+            if getattr(f, kind) is None:
+                assert getattr(n, kind) is None
+                continue
+            a, b = _rows(getattr(f, kind)), _rows(getattr(n, kind))
+            assert len(a) == len(b), (f.experiment_id, kind)
+            for x, y in zip(a, b, strict=True):
+                assert x.keys() == y.keys()
+                exact = x.get("metric") in INTEGER_METRICS
+                for key, u in x.items():
+                    v = y[key]
+                    where = (f.experiment_id, kind, x.get("metric"), x.get("variant"), key)
+                    if isinstance(u, float) and isinstance(v, float):
+                        if math.isnan(u):
+                            assert math.isnan(v), where
+                        elif exact and "adjusted" not in key:
+                            assert u == v, where
+                        else:
+                            # Rounding of sums of ~1e5 (an interval bound near 0 is the
+                            # difference of two such numbers: an absolute error).
+                            assert v == pytest.approx(u, rel=1e-11, abs=1e-9), where
+                    else:
+                        assert u == v, where
+
+
+def _read(runs, table: str) -> int:
+    """Rows of ``table`` the runs read (from their scorecards' provenance)."""
+    total = 0
+    for run in runs:
+        rows = run.scorecard.column("rows_read").to_pylist()
+        if rows:
+            total += dict(rows[0]).get(table, 0)
+    return total
+
+
+def _notes(runs) -> list[str]:
+    return [note for r in runs if r.state is not None for note in r.state.notes]
+
+
+def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_path: Path) -> None:
+    config = sample_dir / "experiments.toml"
+    state = tmp_path / "state"
+    reads = []
+    for step in range(12):
+        day = FIRST_DAY + timedelta(days=step)
+        full = _runs(config, day, None)
+        incremental = _runs(config, day, state)
+        _assert_same(full, incremental)
+        notes = _notes(incremental)
+        if step == 0:
+            assert any("state rebuilt from all its rows (no state yet)" in n for n in notes)
+        else:
+            assert not [n for n in notes if "rebuilt" in n or "restated" in n], notes
+        reads.append((_read(full, "engagement_daily"), _read(incremental, "engagement_daily")))
+    # A full run reads every day again; an incremental one the new day (for the units whose
+    # windows are open) and the new units' pre-periods: about the same rows every day.
+    full_rows = [f for f, _ in reads if f]
+    incremental_rows = [i for f, i in reads if f]
+    assert len(full_rows) >= 6 and full_rows == sorted(full_rows)
+    assert max(incremental_rows) < 1.2 * min(incremental_rows)
+    assert incremental_rows[-1] < full_rows[-1] / 8
+    # The state holds one settled row per assigned unit, and the recent days per day.
+    store = StateStore(state, "homepage_ranking_v2")
+    current = store.current()
+    assert current is not None and current.as_of == FIRST_DAY + timedelta(days=11)
+    assert "engagement_daily" in current.sources
+    meta = current.sources["engagement_daily"]
+    assert meta.scanned_through == current.as_of
+    assert sorted(meta.counts) == [
+        (current.as_of - timedelta(days=i)).isoformat() for i in (2, 1, 0)
+    ]
+    ((rows, units),) = duckdb.sql(
+        f"SELECT COUNT(*), COUNT(DISTINCT unit_id) FROM '{current.settled('engagement_daily')}'"
+    ).fetchall()
+    assert rows == units > 1000
+
+
+def _append_rows(sample: Path, sql: str) -> None:
+    """Add rows to the sample's engagement table (rewritten in place, as a late load)."""
+    path = sample / "engagement_daily.parquet"
+    tmp = sample / "engagement_daily.new.parquet"
+    duckdb.sql(f"COPY (SELECT * FROM '{path}' UNION ALL {sql}) TO '{tmp}' (FORMAT PARQUET)")
+    tmp.replace(path)
+
+
+LATE_ROWS = """
+SELECT member_id, date, watch_seconds + 1000, sessions + 1, plays + 1, errors + 1
+FROM '{path}' WHERE date = DATE '{day}' AND member_id % 7 = 0
+"""
+
+
+def test_late_rows_are_found_and_their_days_restated(sample_copy: Path, tmp_path: Path) -> None:
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    day = date(2024, 3, 26)
+    _runs(config, day, state)
+    late = day - timedelta(days=1)  # within the lookback of 3 days
+    _append_rows(
+        sample_copy,
+        LATE_ROWS.format(path=sample_copy / "engagement_daily.parquet", day=late),
+    )
+    after = day + timedelta(days=1)
+    incremental = _runs(config, after, state)
+    assert any(f"late rows on {late}, restated" in n for n in _notes(incremental))
+    _assert_same(_runs(config, after, None), incremental)
+
+
+def test_late_rows_beyond_the_lookback_are_not_looked_for(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """The lookback is the contract: without it (0 days) a late day is not found, and the
+    incremental result then differs from the full one, which is what restating prevents."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    day = date(2024, 3, 26)
+    _runs(config, day, state, lookback=0)
+    _append_rows(
+        sample_copy,
+        LATE_ROWS.format(
+            path=sample_copy / "engagement_daily.parquet", day=day - timedelta(days=1)
+        ),
+    )
+    after = day + timedelta(days=1)
+    incremental = _runs(config, after, state, lookback=0)
+    assert not [n for n in _notes(incremental) if "restated" in n]
+    with pytest.raises(AssertionError):
+        _assert_same(_runs(config, after, None), incremental)
+
+
+def test_a_changed_window_or_version_rebuilds_the_state(
+    sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    day = date(2024, 3, 24)
+    _runs(config, day, state, experiments=experiments)
+
+    text = config.read_text()
+    config.write_text(text.replace("window = [0, 6]", "window = [0, 4]"))
+    day += timedelta(days=1)
+    incremental = _runs(config, day, state, experiments=experiments)
+    assert any("changed" in n and "rebuilt" in n for n in _notes(incremental))
+    _assert_same(_runs(config, day, None, experiments=experiments), incremental)
+
+    # The same configuration again: the state made under it is used.
+    day += timedelta(days=1)
+    assert not [
+        n for n in _notes(_runs(config, day, state, experiments=experiments)) if "rebuilt" in n
+    ]
+
+    monkeypatch.setattr(runner_module, "__version__", "99.0")
+    day += timedelta(days=1)
+    incremental = _runs(config, day, state, experiments=experiments)
+    assert any("rebuilt" in n for n in _notes(incremental))
+    _assert_same(_runs(config, day, None, experiments=experiments), incremental)
+
+
+def test_a_run_killed_before_it_is_published_leaves_the_previous_state(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sample_dir / "experiments.toml"
+    state = tmp_path / "state"
+    out = tmp_path / "out"
+    experiments = ["player_srm"]
+    day = date(2024, 3, 24)
+
+    def run(day: date, state: Path | None = state, out: Path = out):
+        loaded = load_config(config)
+        return run_all(
+            loaded,
+            load_metrics(ROOT / "metrics"),
+            experiments,
+            out,
+            as_of=day,
+            run_date=day,
+            state_dir=state,
+            threads=1,
+        )
+
+    run(day)
+    run(day, None, tmp_path / "full")  # the same looks, recomputed in full
+    folder = StateStore(state, "player_srm").folder
+    pointer = (folder / "current.json").read_text()
+    before = StateStore(state, "player_srm").current()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "write_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(day + timedelta(days=1))
+    monkeypatch.undo()
+    # The previous state is the one in use, whole; the new one was never committed.
+    assert (folder / "current.json").read_text() == pointer
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == [before.version]
+    after = StateStore(state, "player_srm").current()
+    assert after is not None and after.as_of == day
+    # The next run starts from it, and scans both days since.
+    again = run(day + timedelta(days=2))
+    _assert_same(run(day + timedelta(days=2), None, tmp_path / "full"), again)
+    assert json.loads((folder / "current.json").read_text())["version"] != before.version
+
+
+class _Engagement(Source):
+    table = "engagement_daily"
+    unit = "member_id"
+    time = "date"
+
+
+class ActiveDays(Metric):
+    """Days with any row: COUNT(DISTINCT) has no partial results that combine."""
+
+    source = _Engagement
+    expression = "COUNT(DISTINCT date)"
+
+
+class Sessions(Metric):
+    source = _Engagement
+    expression = "SUM(sessions)"
+
+
+def test_a_source_whose_aggregates_do_not_combine_is_scanned_in_full() -> None:
+    experiment = ExperimentConfig(
+        id="x", control="control", weights={"control": 0.5, "treatment": 0.5}, metrics=["s"]
+    )
+    plan = plan_state(experiment, [Sessions])
+    assert len(plan.sources) == 1 and not plan.full
+    plan = plan_state(experiment, [Sessions, ActiveDays])
+    assert not plan.sources
+    (why,) = plan.full.values()
+    assert why.startswith("active_days aggregates with COUNT(DISTINCT")
+    assert "only SUM, COUNT, MIN and MAX do" in why
+
+
+def test_a_full_scan_source_still_gives_the_full_run_s_numbers(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    config = load_config(sample_dir / "experiments.toml")
+    config = config.model_copy(
+        update={
+            "run": config.run.model_copy(
+                update={
+                    "experiment": [
+                        e.model_copy(
+                            update={
+                                "metrics": ["sessions", "active_days"],
+                                "primary": [],
+                                "guardrails": [],
+                            }
+                        )
+                        for e in config.run.experiment
+                        if e.id == "artwork_abc"
+                    ]
+                }
+            )
+        }
+    )
+    registry = registry_of([Sessions, ActiveDays])
+    state = tmp_path / "state"
+    for step in range(2):
+        day = date(2024, 3, 24) + timedelta(days=step)
+        engine = engine_for(config, threads=1)
+        try:
+            full = run_all(
+                config, registry, ["artwork_abc"], None, engine=engine, as_of=day, run_date=day
+            )
+            inc = run_all(
+                config,
+                registry,
+                ["artwork_abc"],
+                None,
+                engine=engine,
+                as_of=day,
+                run_date=day,
+                state_dir=state,
+            )
+        finally:
+            engine.close()
+        assert any(
+            "scanned in full (active_days aggregates with COUNT(DISTINCT" in n for n in _notes(inc)
+        )
+        _assert_same(full, inc)
+
+
+def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -> None:
+    config = sample_dir / "experiments.toml"
+    out, state = tmp_path / "out", tmp_path / "state"
+    for day in ("2024-03-24", "2024-03-25"):
+        result = CliRunner().invoke(
+            main,
+            [
+                "run",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--experiment",
+                "artwork_abc",
+                "--as-of",
+                day,
+                "--run-date",
+                day,
+                "--incremental",
+                "--state",
+                str(state),
+                "--quiet",
+            ],
+        )
+        assert result.exit_code in (0, 3), result.output
+    current = StateStore(state, "artwork_abc").current()
+    assert current is not None and current.as_of == date(2024, 3, 25)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--incremental"], "--incremental keeps per-unit state between runs: give it a folder"),
+        (
+            ["--state", "S"],
+            "--state is the folder of an incremental run's state: add --incremental",
+        ),
+        (["--incremental", "--state", "OUT"], "is the --out folder; keep the state in a folder"),
+    ],
+)
+def test_incremental_options_are_checked(
+    sample_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    args = [str(out) if a == "OUT" else str(tmp_path / a) if a == "S" else a for a in args]
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(sample_dir / "experiments.toml"), "--out", str(out), *args]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_the_config_names_the_state_folder(sample_copy: Path) -> None:
+    config = sample_copy / "experiments.toml"
+    config.write_text('state = "kept"\nrestatement_lookback = 5\n' + config.read_text())
+    loaded = load_config(config)
+    assert loaded.run.state == str(sample_copy / "kept")
+    assert loaded.run.restatement_lookback == 5
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            str(config),
+            "--out",
+            str(sample_copy / "out"),
+            "--experiment",
+            "player_srm",
+            "--incremental",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code in (0, 3), result.output
+    current = StateStore(sample_copy / "kept", "player_srm").current()
+    assert current is not None
+    meta = next(iter(current.sources.values()))
+    assert (meta.scanned_through - meta.settle_through).days == 5
+
+
+def test_a_negative_lookback_is_a_config_error(sample_copy: Path) -> None:
+    config = sample_copy / "experiments.toml"
+    config.write_text("restatement_lookback = -1\n" + config.read_text())
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(config), "--out", str(sample_copy / "out")]
+    )
+    assert result.exit_code == 2
+    assert "restatement_lookback" in result.output
+    shutil.rmtree(sample_copy / "out", ignore_errors=True)
