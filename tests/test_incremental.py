@@ -139,10 +139,15 @@ def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_pa
     assert sorted(meta.counts) == [
         (current.as_of - timedelta(days=i)).isoformat() for i in (2, 1, 0)
     ]
+    # Each assigned unit once: closed (its range is over) or open; recent days per day.
+    files = [
+        str(p) for p in [current.open("engagement_daily"), *current.closed("engagement_daily")]
+    ]
     ((rows, units),) = duckdb.sql(
-        f"SELECT COUNT(*), COUNT(DISTINCT unit_id) FROM '{current.settled('engagement_daily')}'"
+        f"SELECT COUNT(*), COUNT(DISTINCT unit_id) FROM read_parquet({files})"
     ).fetchall()
-    assert rows == units > 1000
+    assert rows == units > 10_000
+    assert len(current.closed("engagement_daily")) >= 5
 
 
 def _append_rows(sample: Path, sql: str) -> None:
@@ -263,7 +268,7 @@ def test_a_run_killed_before_it_is_published_leaves_the_previous_state(
     monkeypatch.undo()
     # The previous state is the one in use, whole; the new one was never committed.
     assert (folder / "current.json").read_text() == pointer
-    assert [p.name for p in folder.iterdir() if p.is_dir()] == [before.version]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [before.version, "closed"]
     after = StateStore(state, "player_srm").current()
     assert after is not None and after.as_of == day
     # The next run starts from it, and scans both days since.

@@ -72,8 +72,10 @@ class SourceState:
 
     scan: SourceScan
     accumulators: list[Accumulator] = field(default_factory=list)
-    # per-unit column name -> its expression over the merged accumulators (alias st)
+    # per-unit column name -> its expression over the merged accumulators (alias st), and
+    # over one row of accumulators that need no merging (alias c)
     finals: dict[str, exp.Expr] = field(default_factory=dict)
+    single: dict[str, exp.Expr] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -143,7 +145,15 @@ def _accumulate(scan: SourceScan) -> SourceState | str:
                 f"results do not combine (only SUM, COUNT, MIN and MAX do)"
             )
         state.finals[column.name] = final
+        state.single[column.name] = final.copy().transform(_unmerged, copy=False)
     return state
+
+
+def _unmerged(node: exp.Expr) -> exp.Expr:
+    """``SUM(st.acc)`` -> ``c.acc``: the value of one row of accumulators."""
+    if isinstance(node, exp.AggFunc) and isinstance(node.this, exp.Column):
+        return exp.column(node.this.name, table="c")
+    return node
 
 
 def plan_state(experiment: ExperimentConfig, metrics: Sequence[type[Metric]]) -> StatePlan:
@@ -169,9 +179,12 @@ def plan_state(experiment: ExperimentConfig, metrics: Sequence[type[Metric]]) ->
 
 @dataclass(frozen=True)
 class StateTables:
-    """The logical tables of one source's state, as the engine sees them."""
+    """The logical tables of one source's state, as the engine sees them: the units whose
+    range is over (None until there are some), the open units' settled days, and the open
+    units' recent days."""
 
-    settled: str
+    closed: str | None
+    open: str
     partials: str
 
 
@@ -182,6 +195,10 @@ def _units_context(
         "a": _assignment_context(assignments),
         "experiment_id": string_literal(experiment.id),
         "as_of": date_literal(as_of),
+        "unit_column": UNIT,
+        "date_column": ASSIGNMENT_DATE,
+        "day_column": DAY,
+        "rows_column": ROWS,
     }
 
 
@@ -189,19 +206,35 @@ def _days_list(days: Sequence[date]) -> str:
     return ", ".join(date_literal(d) for d in sorted(days))
 
 
+def unit_names(state: SourceState) -> list[str]:
+    """The columns of a settled row of the state: unit, assignment date, rows, accumulators."""
+    return [UNIT, ASSIGNMENT_DATE, ROWS, *(a.name for a in state.accumulators)]
+
+
+def day_names(state: SourceState) -> list[str]:
+    """The columns of a row per unit and day (partials, the delta)."""
+    return [UNIT, ASSIGNMENT_DATE, DAY, ROWS, *(a.name for a in state.accumulators)]
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(ident(n) for n in names)
+
+
 def compile_new_units(
     experiment: ExperimentConfig,
     assignments: AssignmentColumns,
-    as_of: date,
-    known: str | None,
     *,
+    as_of: date,
+    since: date | None,
+    known: str | None,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """How many units have no kept state (new, or their assignment date moved), and the
-    first assignment date among them: where their scan must start."""
+    """The units first assigned after ``since`` (the last run's as-of date) up to
+    ``as_of`` that ``known`` (the state's units) does not hold: unit id, assignment date."""
     sql = render_template(
         "state_delta.sql.j2",
         part="new_units",
+        since=date_literal(since) if since else None,
         known=ident(known) if known else None,
         **_units_context(experiment, assignments, as_of),
     )
@@ -215,38 +248,39 @@ def compile_delta(
     label: str,
     *,
     as_of: date,
-    known: str | None,
+    open_units: str | None,
+    new_units: str,
     rescan: Sequence[date],
-    new_from: date | None,
+    new_from: date,
+    settle_through: date,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """One source's rows per unit and day: on the ``rescan`` days for the kept units, and
-    from ``new_from`` (the earliest new unit's range start) to ``as_of`` for new units."""
+    """One source's rows in each unit's range: on the ``rescan`` days for the open units
+    (``open_units``), and from ``new_from`` to ``as_of`` for ``new_units``; per unit and
+    day after ``settle_through``, per unit before."""
     state = plan.sources[label]
     source = state.source
-    first_day, last_day = plan.window
-    in_range = _in_window(source, (first_day, last_day))
+    _, last_day = plan.window
+    in_range = _in_window(source, plan.window)
     sql = render_template(
         "state_delta.sql.j2",
         part="delta",
-        known=ident(known) if known else None,
+        open=ident(open_units) if open_units else None,
+        new_units=ident(new_units),
         table=table_ref(source.table),
         unit=ident(source.unit),
         time=ident(source.time),
         in_range=render(in_range),
         day=render(exp.cast(exp.column(source.time, table="s"), "DATE")),
-        rescan=_days_list(rescan) if rescan else None,
+        rescan=_days_list(rescan) if rescan and open_units else None,
         rescan_start=date_literal(min(rescan)) if rescan else None,
         rescan_units_from=date_literal(min(rescan) - timedelta(days=last_day)) if rescan else None,
-        new_from=date_literal(new_from) if new_from else None,
+        new_from=date_literal(new_from),
         end_exclusive=date_literal(as_of + timedelta(days=1)),
+        settle_through=date_literal(settle_through),
         accumulators=[
             {"name": ident(a.name), "sql": a.tree.sql("duckdb")} for a in state.accumulators
         ],
-        unit_column=UNIT,
-        date_column=ASSIGNMENT_DATE,
-        day_column=DAY,
-        rows_column=ROWS,
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect, sources=(source.table,))
@@ -260,74 +294,125 @@ def compile_fold(
     *,
     as_of: date,
     part: str,
-    old: StateTables | None,
+    old_open: str | None,
+    old_partials: str | None,
     delta: str,
     rescan: Sequence[date],
     settle_through: date,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """The new ``settled`` or ``partials`` table of one source (``part``): last run's
-    state (``old``) for the units whose assignment date is unchanged, without the rescanned
-    days, plus the ``delta``; days up to ``settle_through`` folded into ``settled``."""
-    assert part in ("settled", "partials")
+    """The ``merged`` units (settled accumulators and whether the range is over) or the
+    ``partials`` (recent days) of one source's new state (see state_fold.sql.j2)."""
+    assert part in ("merged", "partials")
     state = plan.sources[label]
     accumulators = [
-        {"name": ident(a.name), "merge": a.merge(this=exp.column(a.name, table="x")).sql("duckdb")}
+        {
+            "name": ident(a.name),
+            "merge": a.merge(this=exp.column(a.name, table="x")).sql("duckdb"),
+        }
         for a in state.accumulators
     ]
+    closed = exp.LTE(
+        this=exp.DateAdd(
+            this=exp.column(ASSIGNMENT_DATE, table="x"),
+            expression=exp.Literal.number(plan.window[1]),
+            unit=exp.var("DAY"),
+        ),
+        expression=exp.cast(exp.Literal.string(settle_through.isoformat()), "DATE"),
+    )
     sql = render_template(
         "state_fold.sql.j2",
         part=part,
-        old_settled=ident(old.settled) if old else None,
-        old_partials=ident(old.partials) if old else None,
+        old_open=ident(old_open) if old_open else None,
+        old_partials=ident(old_partials) if old_partials else None,
         delta=ident(delta),
         rescan=_days_list(rescan) if rescan else None,
         settle_through=date_literal(settle_through),
+        names=_names(day_names(state)),
+        settled_names=_names(unit_names(state)),
         accumulators=accumulators,
         rows_merge=exp.Sum(this=exp.column(ROWS, table="x")).sql("duckdb"),
-        unit_column=UNIT,
-        date_column=ASSIGNMENT_DATE,
-        day_column=DAY,
-        rows_column=ROWS,
+        closed=render(closed),
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
+
+
+def compile_split(
+    state: SourceState, merged: str, *, closed: bool, dialect: str = "duckdb"
+) -> CompiledQuery:
+    """The merged units whose range is over (``closed``), or the others."""
+    flag = exp.column("xp_closed")
+    tree = (
+        exp.select(*(exp.column(n) for n in unit_names(state)))
+        .from_(exp.to_table(merged))
+        .where(flag if closed else exp.not_(flag))
+    )
+    return CompiledQuery(sql=finish(render(tree), dialect), dialect=dialect)
+
+
+def _count_per_day(
+    table: str, time: str, start: date, end: date, extra: exp.Expr | None = None
+) -> exp.Select:
+    day = exp.cast(exp.column(time), "DATE")
+    condition = exp.and_(
+        day.copy() >= exp.cast(exp.Literal.string(start.isoformat()), "DATE"),
+        day.copy() <= exp.cast(exp.Literal.string(end.isoformat()), "DATE"),
+    )
+    if extra is not None:
+        condition = exp.and_(extra, condition)
+    return (
+        exp.select(day.copy().as_("day"), exp.Count(this=exp.Star()).as_("n_rows"))
+        .from_(exp.to_table(table))
+        .where(condition)
+        .group_by(day.copy())
+    )
 
 
 def compile_day_counts(
     source: type[Source], start: date, end: date, *, dialect: str = "duckdb"
 ) -> CompiledQuery:
     """Rows of ``source`` per day from ``start`` to ``end``: a day whose count changed since
-    it was scanned got late rows and is restated."""
-    day = exp.cast(exp.column(source.time), "DATE")
-    tree = (
-        exp.select(day.copy().as_("day"), exp.Count(this=exp.Star()).as_("n_rows"))
-        .from_(exp.to_table(source.table))
-        .where(
-            exp.and_(
-                exp.column(source.time) >= exp.cast(exp.Literal.string(start.isoformat()), "DATE"),
-                exp.column(source.time)
-                < exp.cast(exp.Literal.string((end + timedelta(days=1)).isoformat()), "DATE"),
-            )
-        )
-        .group_by(day.copy())
-    )
+    it was scanned got late rows, and is restated."""
+    tree = _count_per_day(source.table, source.time, start, end)
     return CompiledQuery(
         sql=finish(render(tree), dialect), dialect=dialect, sources=(source.table,)
     )
 
 
+def compile_assignment_counts(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    start: date,
+    end: date,
+    *,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """The experiment's assignment rows per day from ``start`` to ``end``: a changed count
+    on a day already seen means rows that may move a unit's first assignment date."""
+    own = exp.and_(
+        exp.column(assignments.experiment).eq(exp.Literal.string(experiment.id)),
+        exp.column(assignments.unit).is_(exp.null()).not_(),
+    )
+    tree = _count_per_day(assignments.table, assignments.timestamp, start, end, own)
+    return CompiledQuery(sql=finish(render(tree), dialect), dialect=dialect)
+
+
 def cells_source(tables: StateTables, state: SourceState) -> dict[str, object]:
     """What the cells statement needs of a source whose per-unit values come from its state
     (``compile_moments(state_sources=...)``): the state's tables and each per-unit column
-    as an expression over the merged accumulators (alias st)."""
-    names = [UNIT, ASSIGNMENT_DATE, ROWS, *(a.name for a in state.accumulators)]
+    over one closed unit's accumulators and over an open unit's merged ones."""
     return {
-        "settled": ident(tables.settled),
+        "closed": ident(tables.closed) if tables.closed else None,
+        "open": ident(tables.open),
         "partials": ident(tables.partials),
-        "names": ", ".join(ident(n) for n in names),
+        "rows": ident(ROWS),
+        "names": _names(unit_names(state)),
         "rows_merge": exp.Sum(this=exp.column(ROWS, table="st")).sql("duckdb"),
-        "columns": [
+        "merged": [
             {"name": ident(name), "sql": tree.sql("duckdb")} for name, tree in state.finals.items()
+        ],
+        "single": [
+            {"name": ident(name), "sql": tree.sql("duckdb")} for name, tree in state.single.items()
         ],
     }

@@ -26,7 +26,8 @@ class Engine(Protocol):
         """Run one statement and write its result as Parquet at ``path`` (a file, or a
         folder of files on a distributed engine)."""
 
-    def register_parquet(self, name: str, path: str) -> None:
-        """Make the Parquet data ``write_parquet`` wrote at ``path`` the table ``name``."""
+    def register_parquet(self, name: str, path: str | list[str]) -> None:
+        """Make the Parquet data ``write_parquet`` wrote at ``path`` (or at each of a list
+        of paths, one table) the table ``name``."""
 
     def close(self) -> None: ...

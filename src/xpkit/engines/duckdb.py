@@ -240,11 +240,12 @@ class DuckDBEngine:
         with self._translated():
             self.con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet)")
 
-    def register_parquet(self, name: str, path: str) -> None:
-        """A view ``name`` over the Parquet file ``path`` (replaced when it exists), dropped
-        when the engine closes."""
+    def register_parquet(self, name: str, path: str | list[str]) -> None:
+        """A view ``name`` over the Parquet file ``path`` (or files; replaced when it
+        exists), dropped when the engine closes."""
         view = exp.to_table(name).sql("duckdb")
-        location = exp.Literal.string(path).sql("duckdb")
+        paths = [path] if isinstance(path, str) else path
+        location = exp.Array(expressions=[exp.Literal.string(p) for p in paths]).sql("duckdb")
         self.con.execute(
             f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet({location})"
         )

@@ -152,11 +152,12 @@ class SparkEngine:
         except _spark_exception() as err:
             raise EngineDataError(_first_line(err)) from err
 
-    def register_parquet(self, name: str, path: str) -> None:
-        """A temporary view ``name`` over the Parquet data at ``path`` (replaced when it
-        exists), dropped when the engine closes."""
+    def register_parquet(self, name: str, path: str | list[str]) -> None:
+        """A temporary view ``name`` over the Parquet data at ``path`` (or paths; replaced
+        when it exists), dropped when the engine closes."""
+        paths = [path] if isinstance(path, str) else path
         with _quiet_query_context_logs():
-            self.spark.read.parquet(path).createOrReplaceTempView(name)
+            self.spark.read.parquet(*paths).createOrReplaceTempView(name)
         if name not in self._views:
             self._views.append(name)
 

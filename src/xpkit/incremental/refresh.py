@@ -29,10 +29,12 @@ from xpkit.compile.state import (
     StatePlan,
     StateTables,
     cells_source,
+    compile_assignment_counts,
     compile_day_counts,
     compile_delta,
     compile_fold,
     compile_new_units,
+    compile_split,
     plan_state,
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
@@ -49,6 +51,7 @@ class Refreshed:
     staged: StagedState
     as_of: date
     sources: dict[str, SourceMeta]
+    assignment_counts: dict[str, int]
     # source label -> the cells statement's view of its state (compile_moments)
     state_sources: dict[str, dict[str, object]]
     rows_read: dict[str, int] = field(default_factory=dict)  # fact rows the scans read
@@ -57,7 +60,11 @@ class Refreshed:
 
     def commit(self, xpkit_version: str) -> StateVersion:
         return self.store.commit(
-            self.staged, as_of=self.as_of, xpkit_version=xpkit_version, sources=self.sources
+            self.staged,
+            as_of=self.as_of,
+            xpkit_version=xpkit_version,
+            sources=self.sources,
+            assignment_counts=self.assignment_counts,
         )
 
     def discard(self) -> None:
@@ -80,6 +87,18 @@ def _usable(
     return meta, None
 
 
+def _counts(engine: Engine, sql: str) -> dict[str, int]:
+    return {
+        str(r["day"]): int(r["n_rows"])
+        for r in engine.query(sql).to_pylist()
+        if r["day"] is not None
+    }
+
+
+def _changed(days: list[date], now: dict[str, int], before: dict[str, int]) -> list[date]:
+    return [d for d in days if now.get(d.isoformat(), 0) != before.get(d.isoformat(), 0)]
+
+
 def refresh(
     store: StateStore,
     experiment: ExperimentConfig,
@@ -97,118 +116,212 @@ def refresh(
     plan: StatePlan = plan_state(experiment, metrics)
     previous = store.current()
     staged = store.stage()
-    done = Refreshed(store, staged, as_of, {}, {})
+    settle_through = as_of - timedelta(days=lookback)
+    done = Refreshed(store, staged, as_of, {}, {}, {})
     try:
         for label, why in plan.full.items():
             done.notes.append(f"{label}: scanned in full ({why})")
-        settle_through = as_of - timedelta(days=lookback)
-        for index, (label, state) in enumerate(plan.sources.items()):
-            source = state.source
-            definitions = {
-                m.name: m.definition_sha256() for m in metrics if m.source is state.source
-            }
-            key = plan.key(label, {**context, "lookback": lookback, "metrics": definitions})
-            meta, reason = _usable(previous, label, key, as_of)
-            old: StateTables | None = None
-            if meta is not None and previous is not None:
-                old = StateTables(f"xp_state_{index}_old_settled", f"xp_state_{index}_old_partials")
-                engine.register_parquet(old.settled, str(previous.settled(label)))
-                engine.register_parquet(old.partials, str(previous.partials(label)))
-            else:
-                done.notes.append(f"{label}: state rebuilt from all its rows ({reason})")
-
-            # Rows per day since the settled days: late rows, and this run's new days.
-            count_from = (meta.settle_through if meta else settle_through) + timedelta(days=1)
-            counted = engine.query(
-                compile_day_counts(source, count_from, as_of, dialect=engine.dialect).sql
-            ).to_pylist()
-            counts = {str(r["day"]): int(r["n_rows"]) for r in counted if r["day"] is not None}
-            done.rows_counted[source.table] = done.rows_counted.get(source.table, 0) + sum(
-                counts.values()
-            )
-            rescan: list[date] = []
-            if meta is not None:
-                seen = meta.scanned_through
-                restated = [
-                    day
-                    for day in _days(count_from, seen)
-                    if counts.get(day.isoformat(), 0) != meta.counts.get(day.isoformat(), 0)
-                ]
-                if restated:
-                    done.notes.append(
-                        f"{label}: late rows on {', '.join(d.isoformat() for d in restated)}, "
-                        f"restated"
-                    )
-                rescan = restated + list(_days(seen + timedelta(days=1), as_of))
-
-            new = engine.query(
-                compile_new_units(
+        if not plan.sources:
+            return done
+        # Assignment rows that arrived late for a day already seen can move a unit's first
+        # assignment date, which every kept accumulator is relative to: start again.
+        if previous is not None:
+            since = min(m.settle_through for m in previous.sources.values())
+            seen = _counts(
+                engine,
+                compile_assignment_counts(
                     experiment,
                     assignments,
-                    as_of,
-                    old.settled if old else None,
-                    dialect=engine.dialect,
-                ).sql
-            ).to_pylist()[0]
-            new_from = None
-            if new["n_units"]:
-                new_from = new["first_assignment"] + timedelta(days=plan.window[0])
-            if not new_from and not (rescan and old):
-                new_from = as_of + timedelta(days=1)  # nothing to scan: an empty delta
-            delta = f"xp_state_{index}_delta"
-            engine.write_parquet(
-                compile_delta(
-                    experiment,
-                    assignments,
-                    plan,
-                    label,
-                    as_of=as_of,
-                    known=old.settled if old else None,
-                    rescan=rescan if old else [],
-                    new_from=new_from,
+                    since + timedelta(days=1),
+                    previous.as_of,
                     dialect=engine.dialect,
                 ).sql,
-                str(staged.delta(label)),
             )
-            engine.register_parquet(delta, str(staged.delta(label)))
-            read = engine.query(f"SELECT SUM({ROWS}) AS n FROM {delta}").to_pylist()[0]["n"]
-            done.rows_read[source.table] = done.rows_read.get(source.table, 0) + int(read or 0)
-
-            tables = StateTables(f"xp_state_{index}_settled", f"xp_state_{index}_partials")
-            for part, path in (
-                ("settled", staged.settled(label)),
-                ("partials", staged.partials(label)),
-            ):
-                engine.write_parquet(
-                    compile_fold(
-                        experiment,
-                        assignments,
-                        plan,
-                        label,
-                        as_of=as_of,
-                        part=part,
-                        old=old,
-                        delta=delta,
-                        rescan=rescan if old else [],
-                        settle_through=settle_through,
-                        dialect=engine.dialect,
-                    ).sql,
-                    str(path),
+            late = _changed(
+                _days(since + timedelta(days=1), previous.as_of), seen, previous.assignment_counts
+            )
+            if late:
+                done.notes.append(
+                    f"assignment rows changed on {', '.join(d.isoformat() for d in late)}: "
+                    f"state rebuilt"
                 )
-            engine.register_parquet(tables.settled, str(staged.settled(label)))
-            engine.register_parquet(tables.partials, str(staged.partials(label)))
-            done.state_sources[label] = cells_source(tables, state)
-            done.sources[label] = SourceMeta(
-                key=key,
-                table=source.table,
-                scanned_through=as_of,
+                previous = None
+        done.assignment_counts = _counts(
+            engine,
+            compile_assignment_counts(
+                experiment,
+                assignments,
+                settle_through + timedelta(days=1),
+                as_of,
+                dialect=engine.dialect,
+            ).sql,
+        )
+        for index, label in enumerate(plan.sources):
+            _refresh_source(
+                done,
+                plan,
+                label,
+                index,
+                previous,
+                experiment,
+                metrics,
+                assignments,
+                engine,
+                lookback=lookback,
+                context=context,
                 settle_through=settle_through,
-                counts={d: n for d, n in counts.items() if d > settle_through.isoformat()},
             )
         return done
     except BaseException:
         store.discard(staged)
         raise
+
+
+def _refresh_source(
+    done: Refreshed,
+    plan: StatePlan,
+    label: str,
+    index: int,
+    previous: StateVersion | None,
+    experiment: ExperimentConfig,
+    metrics: Sequence[type[Metric]],
+    assignments: AssignmentColumns,
+    engine: Engine,
+    *,
+    lookback: int,
+    context: Mapping[str, object],
+    settle_through: date,
+) -> None:
+    state = plan.sources[label]
+    source = state.source
+    staged = done.staged
+    as_of = done.as_of
+    dialect = engine.dialect
+    definitions = {m.name: m.definition_sha256() for m in metrics if m.source is state.source}
+    key = plan.key(label, {**context, "lookback": lookback, "metrics": definitions})
+    meta, reason = _usable(previous, label, key, as_of)
+    name = f"xp_state_{index}"
+    old_open = old_partials = known = None
+    closed_files: list[str] = []
+    if meta is not None and previous is not None:
+        old_open, old_partials = f"{name}_old_open", f"{name}_old_partials"
+        engine.register_parquet(old_open, str(previous.open(label)))
+        engine.register_parquet(old_partials, str(previous.partials(label)))
+        closed_files = list(meta.closed)
+        known = old_open
+        if closed_files:
+            known = f"{name}_known"
+            engine.register_parquet(
+                known, [str(previous.open(label)), *(str(p) for p in previous.closed(label))]
+            )
+    else:
+        done.notes.append(f"{label}: state rebuilt from all its rows ({reason})")
+
+    # Rows per day since the settled days: late rows, and this run's new days.
+    count_from = (meta.settle_through if meta else settle_through) + timedelta(days=1)
+    counts = _counts(engine, compile_day_counts(source, count_from, as_of, dialect=dialect).sql)
+    done.rows_counted[source.table] = done.rows_counted.get(source.table, 0) + sum(counts.values())
+    rescan: list[date] = []
+    if meta is not None:
+        restated = _changed(_days(count_from, meta.scanned_through), counts, meta.counts)
+        if restated:
+            done.notes.append(
+                f"{label}: late rows on {', '.join(d.isoformat() for d in restated)}, restated"
+            )
+        rescan = restated + _days(meta.scanned_through + timedelta(days=1), as_of)
+
+    new_units = f"{name}_new_units"
+    engine.write_parquet(
+        compile_new_units(
+            experiment,
+            assignments,
+            as_of=as_of,
+            since=previous.as_of if meta is not None and previous is not None else None,
+            known=known,
+            dialect=dialect,
+        ).sql,
+        str(staged.scratch(label, "new_units")),
+    )
+    engine.register_parquet(new_units, str(staged.scratch(label, "new_units")))
+    first = engine.query(f"SELECT MIN(assignment_date) AS first FROM {new_units}").to_pylist()
+    first_new = first[0]["first"] if first else None
+    # Nothing new: an empty range (the statement still names the new units, none).
+    new_from = (
+        first_new + timedelta(days=plan.window[0]) if first_new else as_of + timedelta(days=1)
+    )
+
+    delta = f"{name}_delta"
+    engine.write_parquet(
+        compile_delta(
+            experiment,
+            assignments,
+            plan,
+            label,
+            as_of=as_of,
+            open_units=old_open,
+            new_units=new_units,
+            rescan=rescan,
+            new_from=new_from,
+            settle_through=settle_through,
+            dialect=dialect,
+        ).sql,
+        str(staged.scratch(label, "delta")),
+    )
+    engine.register_parquet(delta, str(staged.scratch(label, "delta")))
+    read = engine.query(f"SELECT SUM({ROWS}) AS n FROM {delta}").to_pylist()[0]["n"]
+    done.rows_read[source.table] = done.rows_read.get(source.table, 0) + int(read or 0)
+
+    def fold(part: str) -> str:
+        return compile_fold(
+            experiment,
+            assignments,
+            plan,
+            label,
+            as_of=as_of,
+            part=part,
+            old_open=old_open,
+            old_partials=old_partials,
+            delta=delta,
+            rescan=rescan,
+            settle_through=settle_through,
+            dialect=dialect,
+        ).sql
+
+    merged = f"{name}_merged"
+    engine.write_parquet(fold("merged"), str(staged.scratch(label, "merged")))
+    engine.register_parquet(merged, str(staged.scratch(label, "merged")))
+    engine.write_parquet(fold("partials"), str(staged.partials(label)))
+    engine.write_parquet(
+        compile_split(state, merged, closed=False, dialect=dialect).sql, str(staged.open(label))
+    )
+    engine.write_parquet(
+        compile_split(state, merged, closed=True, dialect=dialect).sql, str(staged.closed(label))
+    )
+    closed_now = engine.query(f"SELECT COUNT(*) AS n FROM {merged} WHERE xp_closed").to_pylist()[0][
+        "n"
+    ]
+    tables = StateTables(closed=f"{name}_closed", open=f"{name}_open", partials=f"{name}_partials")
+    engine.register_parquet(tables.open, str(staged.open(label)))
+    engine.register_parquet(tables.partials, str(staged.partials(label)))
+    closed_paths = [
+        str(p) for p in (previous.closed(label) if meta is not None and previous else [])
+    ]
+    if closed_now:
+        closed_files.append(f"{staged.version}.parquet")
+        closed_paths.append(str(staged.closed(label)))
+    if closed_paths:
+        engine.register_parquet(tables.closed or "", closed_paths)
+    else:
+        tables = StateTables(closed=None, open=tables.open, partials=tables.partials)
+    done.state_sources[label] = cells_source(tables, state)
+    done.sources[label] = SourceMeta(
+        key=key,
+        table=source.table,
+        scanned_through=as_of,
+        settle_through=settle_through,
+        counts={d: n for d, n in counts.items() if d > settle_through.isoformat()},
+        closed=tuple(closed_files),
+    )
 
 
 def _days(first: date, last: date) -> list[date]:

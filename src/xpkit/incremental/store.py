@@ -4,13 +4,16 @@
 
     STATE/<experiment folder>/current.json        {"version": "<id>"}: the state in use
     STATE/<experiment folder>/<id>/meta.json       what it holds (see StateVersion)
-    STATE/<experiment folder>/<id>/<source>.settled.parquet
-    STATE/<experiment folder>/<id>/<source>.partials.parquet
+    STATE/<experiment folder>/<id>/<source>.open.parquet      open units, settled days
+    STATE/<experiment folder>/<id>/<source>.partials.parquet  open units, recent days
+    STATE/<experiment folder>/closed/<source>/<id>.parquet    units whose range is over,
+                                                   written once by the run <id>, kept
     STATE/<experiment folder>/.lock                one incremental run at a time
 
 A run writes its new state into a staging folder of its own, and only after the run itself
-is published renames it to its version id and replaces ``current.json`` (atomically); then
-it removes the older versions. A run killed at any point leaves ``current.json`` naming the
+is published moves its closed units under ``closed/``, renames the folder to its version
+id and replaces ``current.json`` (atomically); then it removes the older versions and the
+closed files no version names. A run killed at any point leaves ``current.json`` naming the
 previous state, whole and usable: the next run starts from it and scans the days since.
 """
 
@@ -31,6 +34,7 @@ STATE_FORMAT = 1
 POINTER = "current.json"
 META = "meta.json"
 STAGING_PREFIX = ".staging-"
+CLOSED = "closed"
 
 
 class StateLockedError(BadInputError):
@@ -45,7 +49,8 @@ class SourceMeta:
     ``scanned_through``: the last day scanned; ``settle_through``: the last day folded
     into ``settled`` (later days are in ``partials``, one row per unit and day);
     ``counts``: the source's rows per day for the days after ``settle_through``, as seen
-    when they were last scanned (a changed count means late rows: the day is restated).
+    when they were last scanned (a changed count means late rows: the day is restated);
+    ``closed``: the files of its units whose range is over (under ``closed/<source>/``).
     """
 
     key: str
@@ -53,6 +58,7 @@ class SourceMeta:
     scanned_through: date
     settle_through: date
     counts: dict[str, int] = field(default_factory=dict)
+    closed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -61,6 +67,7 @@ class SourceMeta:
             "scanned_through": self.scanned_through.isoformat(),
             "settle_through": self.settle_through.isoformat(),
             "counts": dict(sorted(self.counts.items())),
+            "closed": list(self.closed),
         }
 
     @classmethod
@@ -71,6 +78,7 @@ class SourceMeta:
             scanned_through=date.fromisoformat(data["scanned_through"]),
             settle_through=date.fromisoformat(data["settle_through"]),
             counts={str(k): int(v) for k, v in data["counts"].items()},
+            closed=tuple(str(c) for c in data["closed"]),
         )
 
 
@@ -84,12 +92,18 @@ class StateVersion:
     as_of: date
     xpkit_version: str
     sources: dict[str, SourceMeta]
+    # assignment rows per day after the earliest settle date, as last seen
+    assignment_counts: dict[str, int] = field(default_factory=dict)
 
-    def settled(self, label: str) -> Path:
-        return self.path / f"{label}.settled.parquet"
+    def open(self, label: str) -> Path:
+        return self.path / f"{label}.open.parquet"
 
     def partials(self, label: str) -> Path:
         return self.path / f"{label}.partials.parquet"
+
+    def closed(self, label: str) -> list[Path]:
+        folder = self.path.parent / CLOSED / label
+        return [folder / name for name in self.sources[label].closed]
 
 
 @dataclass
@@ -99,14 +113,19 @@ class StagedState:
     path: Path
     version: str
 
-    def settled(self, label: str) -> Path:
-        return self.path / f"{label}.settled.parquet"
+    def open(self, label: str) -> Path:
+        return self.path / f"{label}.open.parquet"
 
     def partials(self, label: str) -> Path:
         return self.path / f"{label}.partials.parquet"
 
-    def delta(self, label: str) -> Path:
-        return self.path / f"{label}.delta.parquet"
+    def closed(self, label: str) -> Path:
+        """This run's newly closed units, moved under ``closed/`` on commit."""
+        return self.path / f"{label}.closed.parquet"
+
+    def scratch(self, label: str, name: str) -> Path:
+        """A file the run needs on its way (new units, the delta): not part of the state."""
+        return self.path / "scratch" / f"{label}.{name}.parquet"
 
 
 class StateStore:
@@ -155,17 +174,20 @@ class StateStore:
                 as_of=date.fromisoformat(meta["as_of"]),
                 xpkit_version=str(meta["xpkit_version"]),
                 sources=sources,
+                assignment_counts={str(k): int(v) for k, v in meta["assignment_counts"].items()},
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not all(found.settled(k).exists() and found.partials(k).exists() for k in sources):
-            return None
+        for label in sources:
+            files = [found.open(label), found.partials(label), *found.closed(label)]
+            if not all(f.exists() for f in files):
+                return None
         return found
 
     def stage(self) -> StagedState:
         version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         path = self.folder / f"{STAGING_PREFIX}{version}"
-        path.mkdir(parents=True)
+        (path / "scratch").mkdir(parents=True)
         return StagedState(path, version)
 
     def commit(
@@ -175,34 +197,46 @@ class StateStore:
         as_of: date,
         xpkit_version: str,
         sources: dict[str, SourceMeta],
+        assignment_counts: dict[str, int],
     ) -> StateVersion:
         """Make ``staged`` the state in use, then remove the older ones."""
-        for label in sources:  # the fold's inputs are not part of the state
-            delta = staged.delta(label)
-            if delta.is_dir():
-                shutil.rmtree(delta, ignore_errors=True)
-            else:
-                delta.unlink(missing_ok=True)
+        shutil.rmtree(staged.path / "scratch", ignore_errors=True)
+        for label, meta_of in sources.items():
+            # This run's closed units join the kept ones (a new name: never overwritten).
+            new = staged.closed(label)
+            name = f"{staged.version}.parquet"
+            if new.exists() and name in meta_of.closed:
+                target = self.folder / CLOSED / label / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fsync_tree(new)
+                new.rename(target)
+                fsync_path(target.parent)
+            elif new.exists():
+                _remove(new)  # no unit's range closed in this run
         meta = {
             "format": STATE_FORMAT,
             "experiment": self.experiment_id,
             "as_of": as_of.isoformat(),
             "xpkit_version": xpkit_version,
             "sources": {k: v.to_json() for k, v in sorted(sources.items())},
+            "assignment_counts": dict(sorted(assignment_counts.items())),
         }
         with atomic_path(staged.path / META, durable=True) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        for file in staged.path.rglob("*"):
-            if file.is_file():
-                fsync_path(file)
+        fsync_tree(staged.path)
         final = self.folder / staged.version
         staged.path.rename(final)
         fsync_path(self.folder)
         with atomic_path(self.folder / POINTER, durable=True) as tmp:
             tmp.write_text(json.dumps({"version": staged.version}) + "\n")
         for other in self.folder.iterdir():
-            if other.is_dir() and other.name != staged.version:
+            if other.is_dir() and other.name not in (staged.version, CLOSED):
                 shutil.rmtree(other, ignore_errors=True)
+        kept = {(label, name) for label, m in sources.items() for name in m.closed}
+        for label_folder in (self.folder / CLOSED).glob("*"):
+            for file in label_folder.iterdir():
+                if (label_folder.name, file.name) not in kept:
+                    _remove(file)
         return StateVersion(
             path=final,
             version=staged.version,
@@ -210,7 +244,25 @@ class StateStore:
             as_of=as_of,
             xpkit_version=xpkit_version,
             sources=sources,
+            assignment_counts=assignment_counts,
         )
 
     def discard(self, staged: StagedState) -> None:
         shutil.rmtree(staged.path, ignore_errors=True)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a file, or every file under a folder (a distributed engine writes folders)."""
+    if path.is_dir():
+        for file in path.rglob("*"):
+            if file.is_file():
+                fsync_path(file)
+    else:
+        fsync_path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
