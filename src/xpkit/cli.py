@@ -475,6 +475,10 @@ def run_command(
 
     def published(run: ExperimentRun) -> None:
         # Each experiment's result and "wrote" lines as soon as it is published.
+        if run.state is not None and not quiet:
+            # What an incremental run recomputed in full, restated or could not keep.
+            for note in run.state.notes:
+                click.echo(f"xpkit: {run.experiment_id}: incremental: {note}", err=True)
         if as_json:
             entries.append(_run_entry(run))
             return
