@@ -83,6 +83,7 @@ from xpkit.readout import (
     HistogramRows,
     MomentsTable,
     assignment_counts,
+    combine_cells,
     daily_counts,
     read_cells,
     read_histograms,
@@ -529,6 +530,7 @@ def run_experiment(
                 as_of=dates.as_of,
                 lookback=lookback,
                 context=_state_context(config, experiment, engine),
+                cells_context=_cells_context(config, experiment, metrics, sliced),
             )
         query = compile_moments(
             experiment,
@@ -538,6 +540,7 @@ def run_experiment(
             dialect=engine.dialect,
             slices=sliced,
             state_sources=refreshed.state_sources if refreshed else None,
+            kept_cohorts=refreshed.kept_cohorts if refreshed else (),
         )
         assert query.layout is not None
         step("statement", None)
@@ -545,6 +548,10 @@ def run_experiment(
             result = engine.query(query.sql)
         except EngineDataError as err:
             raise _failing_metric(config, experiment_id, metrics, dates, engine, err) from None
+        if refreshed is not None:
+            if refreshed.kept_cells is not None:
+                result = combine_cells(refreshed.kept_cells, result, query.layout)
+            refreshed.keep_cells(result)
         cells = read_cells(result, query.layout)
         slice_cells = read_slice_cells(result, query.layout)
         histograms = read_histograms(result, query.layout)
@@ -701,6 +708,28 @@ def _state_context(
         "timezone": config.run.timezone,
         "engine": engine.dialect,
         "xpkit_version": __version__,
+    }
+
+
+def _cells_context(
+    config: LoadedConfig,
+    experiment: ExperimentConfig,
+    metrics: Sequence[type[Metric]],
+    sliced: SliceRequest | None,
+) -> dict[str, object] | None:
+    """What an experiment's cells depend on besides its sources' state, or None when they
+    cannot be kept from one run to the next: slices (the top values move with new units),
+    quantile metrics (histograms are not per assignment date) and caps at a pooled
+    percentile (the cap moves with new units)."""
+    if sliced is not None and sliced.specs:
+        return None
+    if any(m.kind == "quantile" or m.cap_percentile is not None for m in metrics):
+        return None
+    return {
+        "window": list(experiment.window),
+        "pre_window": list(experiment.pre_window),
+        "exposure": config.run.assignments.exposed,
+        "populations": list(experiment.populations),
     }
 
 

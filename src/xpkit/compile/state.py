@@ -241,6 +241,26 @@ def compile_new_units(
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
 
 
+def compile_touched_cohorts(
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    *,
+    as_of: date,
+    since: date,
+    known: str,
+    dialect: str = "duckdb",
+) -> CompiledQuery:
+    """The assignment dates of ``known`` units with assignment rows dated after ``since``."""
+    sql = render_template(
+        "state_delta.sql.j2",
+        part="touched",
+        since=date_literal(since),
+        known=ident(known),
+        **_units_context(experiment, assignments, as_of),
+    )
+    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
+
+
 def compile_delta(
     experiment: ExperimentConfig,
     assignments: AssignmentColumns,
@@ -301,9 +321,10 @@ def compile_fold(
     settle_through: date,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """The ``merged`` units (settled accumulators and whether the range is over) or the
-    ``partials`` (recent days) of one source's new state (see state_fold.sql.j2)."""
-    assert part in ("merged", "partials")
+    """The ``open`` or ``closed`` units (settled accumulators; closed: the range is over by
+    ``settle_through``) or the ``partials`` (recent days) of one source's new state (see
+    state_fold.sql.j2)."""
+    assert part in ("open", "closed", "partials")
     state = plan.sources[label]
     accumulators = [
         {
@@ -332,23 +353,10 @@ def compile_fold(
         settled_names=_names(unit_names(state)),
         accumulators=accumulators,
         rows_merge=exp.Sum(this=exp.column(ROWS, table="x")).sql("duckdb"),
-        closed=render(closed),
+        closed=render(exp.paren(closed)),
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
-
-
-def compile_split(
-    state: SourceState, merged: str, *, closed: bool, dialect: str = "duckdb"
-) -> CompiledQuery:
-    """The merged units whose range is over (``closed``), or the others."""
-    flag = exp.column("xp_closed")
-    tree = (
-        exp.select(*(exp.column(n) for n in unit_names(state)))
-        .from_(exp.to_table(merged))
-        .where(flag if closed else exp.not_(flag))
-    )
-    return CompiledQuery(sql=finish(render(tree), dialect), dialect=dialect)
 
 
 def _count_per_day(

@@ -117,6 +117,7 @@ def compile_moments(
     dialect: str = "duckdb",
     slices: SliceRequest | None = None,
     state_sources: Mapping[str, Mapping[str, object]] | None = None,
+    kept_cohorts: Sequence[date] = (),
 ) -> CompiledQuery:
     """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
@@ -126,7 +127,8 @@ def compile_moments(
     also returns the cells of every slice value (grouping sets over the same per-unit
     values), marked by the slice columns the layout names. ``state_sources`` (source label
     -> :func:`xpkit.compile.state.cells_source`) reads those sources' per-unit values from
-    an incremental run's state instead of scanning them.
+    an incremental run's state instead of scanning them, and ``kept_cohorts`` leaves out
+    the units of those assignment dates (their cells are an earlier run's).
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
@@ -197,6 +199,7 @@ def compile_moments(
         ],
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
+        kept_cohorts=", ".join(date_literal(d) for d in sorted(kept_cohorts)),
         **_slice_context(slices, assignments),
         **_quantile_context(
             quantile_columns,

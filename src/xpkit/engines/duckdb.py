@@ -238,7 +238,15 @@ class DuckDBEngine:
         (an incremental run's state is as long as the experiment has units)."""
         target = exp.Literal.string(path).sql("duckdb")
         with self._translated():
-            self.con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet)")
+            # The rows' order does not matter here, and keeping it serialises the writers.
+            (ordered,) = self.con.execute(
+                "SELECT current_setting('preserve_insertion_order')"
+            ).fetchall()[0]
+            self.con.execute("SET preserve_insertion_order = false")
+            try:
+                self.con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet)")
+            finally:
+                self.con.execute(f"SET preserve_insertion_order = {bool(ordered)}")
 
     def register_parquet(self, name: str, path: str | list[str]) -> None:
         """A view ``name`` over the Parquet file ``path`` (or files; replaced when it

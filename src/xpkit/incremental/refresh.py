@@ -20,9 +20,15 @@ until then the old one stays in use.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from xpkit.compile.state import (
     ROWS,
@@ -34,7 +40,7 @@ from xpkit.compile.state import (
     compile_delta,
     compile_fold,
     compile_new_units,
-    compile_split,
+    compile_touched_cohorts,
     plan_state,
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
@@ -57,6 +63,20 @@ class Refreshed:
     rows_read: dict[str, int] = field(default_factory=dict)  # fact rows the scans read
     rows_counted: dict[str, int] = field(default_factory=dict)  # rows counted per day
     notes: list[str] = field(default_factory=list)  # what was scanned in full, and why
+    # The cells of complete assignment dates kept from the last run, for the dates whose
+    # units cannot have changed (kept_cohorts); the statement leaves those units out.
+    kept_cells: pa.Table | None = None
+    kept_cohorts: list[date] = field(default_factory=list)
+    cells_key: str | None = None  # None: the experiment's cells are not kept
+    restated: set[date] = field(default_factory=set)
+    unit_files: dict[str, list[str]] = field(default_factory=dict)  # per source: open, closed
+
+    def keep_cells(self, cells: pa.Table) -> None:
+        """Stage this run's cells of the assignment dates whose windows are complete."""
+        if self.cells_key is None:
+            return
+        complete = cells.filter(pc.equal(cells.column("window_complete"), True))
+        pq.write_table(complete, self.staged.cells)
 
     def commit(self, xpkit_version: str) -> StateVersion:
         return self.store.commit(
@@ -65,6 +85,7 @@ class Refreshed:
             xpkit_version=xpkit_version,
             sources=self.sources,
             assignment_counts=self.assignment_counts,
+            cells_key=self.cells_key,
         )
 
     def discard(self) -> None:
@@ -109,10 +130,13 @@ def refresh(
     as_of: date,
     lookback: int,
     context: Mapping[str, object],
+    cells_context: Mapping[str, object] | None = None,
 ) -> Refreshed:
     """Stage the experiment's state as of ``as_of`` (see the module's text); ``lookback``
     is how many recent days are kept per day and checked for late rows; ``context`` goes
-    into each source's key."""
+    into each source's key. ``cells_context`` (what else the cells depend on; None when
+    they cannot be kept: slices, quantiles, pooled caps) keeps the cells of complete
+    assignment dates, so that the next run computes only the others'."""
     plan: StatePlan = plan_state(experiment, metrics)
     previous = store.current()
     staged = store.stage()
@@ -156,8 +180,9 @@ def refresh(
                 dialect=engine.dialect,
             ).sql,
         )
+        reused = previous is not None
         for index, label in enumerate(plan.sources):
-            _refresh_source(
+            reused &= _refresh_source(
                 done,
                 plan,
                 label,
@@ -171,10 +196,65 @@ def refresh(
                 context=context,
                 settle_through=settle_through,
             )
+        if cells_context is not None and not plan.full:
+            _keep_cells(
+                done,
+                plan,
+                previous if reused else None,
+                experiment,
+                assignments,
+                engine,
+                cells_context,
+            )
         return done
     except BaseException:
         store.discard(staged)
         raise
+
+
+def _keep_cells(
+    done: Refreshed,
+    plan: StatePlan,
+    previous: StateVersion | None,
+    experiment: ExperimentConfig,
+    assignments: AssignmentColumns,
+    engine: Engine,
+    cells_context: Mapping[str, object],
+) -> None:
+    """Which of the last run's cells this run keeps: the complete assignment dates none of
+    whose units got assignment rows since, and whose range no restated day falls in."""
+    keys = {label: meta.key for label, meta in done.sources.items()}
+    text = json.dumps({"sources": keys, **cells_context}, sort_keys=True, default=str)
+    done.cells_key = hashlib.sha256(text.encode()).hexdigest()
+    if previous is None or previous.cells_key != done.cells_key or not previous.cells.exists():
+        return
+    kept = pq.read_table(previous.cells)
+    dirty = {
+        day + timedelta(days=offset)
+        for day in done.restated
+        for offset in range(-plan.window[1], -plan.window[0] + 1)
+    }
+    # Every unit of the new state, open or closed (any source's: each holds them all).
+    view = "xp_state_units"
+    engine.register_parquet(view, next(iter(done.unit_files.values())))
+    touched = engine.query(
+        compile_touched_cohorts(
+            experiment,
+            assignments,
+            as_of=done.as_of,
+            since=previous.as_of,
+            known=view,
+            dialect=engine.dialect,
+        ).sql
+    ).to_pylist()
+    dirty |= {r["assignment_date"] for r in touched}
+    dates = sorted(set(kept.column("assignment_date").to_pylist()) - dirty - {None})
+    if not dates:
+        return
+    done.kept_cohorts = dates
+    done.kept_cells = kept.filter(
+        pc.is_in(kept.column("assignment_date"), value_set=pa.array(dates, type=pa.date32()))
+    )
 
 
 def _refresh_source(
@@ -191,7 +271,8 @@ def _refresh_source(
     lookback: int,
     context: Mapping[str, object],
     settle_through: date,
-) -> None:
+) -> bool:
+    """Refresh one source's state; True when it went on from the previous state."""
     state = plan.sources[label]
     source = state.source
     staged = done.staged
@@ -225,6 +306,7 @@ def _refresh_source(
     if meta is not None:
         restated = _changed(_days(count_from, meta.scanned_through), counts, meta.counts)
         if restated:
+            done.restated |= set(restated)
             done.notes.append(
                 f"{label}: late rows on {', '.join(d.isoformat() for d in restated)}, restated"
             )
@@ -287,19 +369,12 @@ def _refresh_source(
             dialect=dialect,
         ).sql
 
-    merged = f"{name}_merged"
-    engine.write_parquet(fold("merged"), str(staged.scratch(label, "merged")))
-    engine.register_parquet(merged, str(staged.scratch(label, "merged")))
     engine.write_parquet(fold("partials"), str(staged.partials(label)))
-    engine.write_parquet(
-        compile_split(state, merged, closed=False, dialect=dialect).sql, str(staged.open(label))
-    )
-    engine.write_parquet(
-        compile_split(state, merged, closed=True, dialect=dialect).sql, str(staged.closed(label))
-    )
-    closed_now = engine.query(f"SELECT COUNT(*) AS n FROM {merged} WHERE xp_closed").to_pylist()[0][
-        "n"
-    ]
+    engine.write_parquet(fold("open"), str(staged.open(label)))
+    engine.write_parquet(fold("closed"), str(staged.closed(label)))
+    just_closed = f"{name}_just_closed"
+    engine.register_parquet(just_closed, str(staged.closed(label)))
+    closed_now = engine.query(f"SELECT COUNT(*) AS n FROM {just_closed}").to_pylist()[0]["n"]
     tables = StateTables(closed=f"{name}_closed", open=f"{name}_open", partials=f"{name}_partials")
     engine.register_parquet(tables.open, str(staged.open(label)))
     engine.register_parquet(tables.partials, str(staged.partials(label)))
@@ -309,6 +384,7 @@ def _refresh_source(
     if closed_now:
         closed_files.append(f"{staged.version}.parquet")
         closed_paths.append(str(staged.closed(label)))
+    done.unit_files[label] = [str(staged.open(label)), *closed_paths]
     if closed_paths:
         engine.register_parquet(tables.closed or "", closed_paths)
     else:
@@ -322,6 +398,7 @@ def _refresh_source(
         counts={d: n for d, n in counts.items() if d > settle_through.isoformat()},
         closed=tuple(closed_files),
     )
+    return meta is not None
 
 
 def _days(first: date, last: date) -> list[date]:

@@ -94,6 +94,12 @@ class StateVersion:
     sources: dict[str, SourceMeta]
     # assignment rows per day after the earliest settle date, as last seen
     assignment_counts: dict[str, int] = field(default_factory=dict)
+    # the key of the complete assignment dates' cells kept in cells.parquet, if any
+    cells_key: str | None = None
+
+    @property
+    def cells(self) -> Path:
+        return self.path / "cells.parquet"
 
     def open(self, label: str) -> Path:
         return self.path / f"{label}.open.parquet"
@@ -118,6 +124,10 @@ class StagedState:
 
     def partials(self, label: str) -> Path:
         return self.path / f"{label}.partials.parquet"
+
+    @property
+    def cells(self) -> Path:
+        return self.path / "cells.parquet"
 
     def closed(self, label: str) -> Path:
         """This run's newly closed units, moved under ``closed/`` on commit."""
@@ -175,6 +185,7 @@ class StateStore:
                 xpkit_version=str(meta["xpkit_version"]),
                 sources=sources,
                 assignment_counts={str(k): int(v) for k, v in meta["assignment_counts"].items()},
+                cells_key=meta.get("cells_key"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -198,6 +209,7 @@ class StateStore:
         xpkit_version: str,
         sources: dict[str, SourceMeta],
         assignment_counts: dict[str, int],
+        cells_key: str | None = None,
     ) -> StateVersion:
         """Make ``staged`` the state in use, then remove the older ones."""
         shutil.rmtree(staged.path / "scratch", ignore_errors=True)
@@ -220,6 +232,7 @@ class StateStore:
             "xpkit_version": xpkit_version,
             "sources": {k: v.to_json() for k, v in sorted(sources.items())},
             "assignment_counts": dict(sorted(assignment_counts.items())),
+            "cells_key": cells_key if staged.cells.exists() else None,
         }
         with atomic_path(staged.path / META, durable=True) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
@@ -245,6 +258,7 @@ class StateStore:
             xpkit_version=xpkit_version,
             sources=sources,
             assignment_counts=assignment_counts,
+            cells_key=cells_key if (final / "cells.parquet").exists() else None,
         )
 
     def discard(self, staged: StagedState) -> None:

@@ -10,6 +10,7 @@ analysed ones (:mod:`xpkit.readout.populations`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -338,3 +339,68 @@ def assignment_counts(cells: Cells) -> list[AssignmentSummary]:
             )
         )
     return out
+
+
+def _round_half_away(value: float) -> float:
+    """SQL's ROUND(x): halves away from zero (Python's round() goes to even)."""
+    magnitude = abs(value)
+    whole = float(math.floor(magnitude))
+    if magnitude - whole >= 0.5:
+        whole += 1.0
+    return math.copysign(whole, value)
+
+
+def _floats(result: pa.Table, name: str) -> np.ndarray:
+    """A sum column as float64 with NaN where it is NULL (a cell without values)."""
+    column = result.column(name)
+    if not pa.types.is_floating(column.type):
+        column = column.cast(pa.float64())
+    return column.to_numpy(zero_copy_only=False).astype(float, copy=True)
+
+
+def combine_cells(kept: pa.Table, new: pa.Table, layout: MomentsLayout) -> pa.Table:
+    """An earlier run's cells (``kept``: assignment dates whose cells cannot have changed)
+    and this statement's (``new``: the other dates), as one statement over all of them
+    would return them: every sum around the shift it would take.
+
+    That shift is each column's mean over the units that have values, rounded to a whole
+    number as the statement rounds it; it comes from the cells' own sums (sum + n x shift
+    is the cell's sum of values). Moving a cell's sums from shift c to c' is exact algebra:
+    S' = S - n d and P'ab = Pab - db Sa - da Sb + n da db with d = c' - c; for integer-valued
+    columns every term is an integer below 2**53, so the result is bit for bit the one the
+    statement would give, and to rounding for fractional ones.
+    """
+    if kept.num_rows == 0:
+        return new
+    both = pa.concat_tables([kept.select(new.column_names).cast(new.schema), new])
+    n = np.array(both.column("n").to_pylist(), dtype=float)
+    columns = list(layout.columns)
+    old_shift = {c: _floats(both, layout.shift_name(c)) for c in columns}
+    old_sum = {c: _floats(both, layout.sum_name(c)) for c in columns}
+    shift: dict[str, float] = {}
+    for c in columns:
+        has = ~np.isnan(old_sum[c])
+        units = float(n[has].sum())
+        total = float((old_sum[c][has] + n[has] * old_shift[c][has]).sum())
+        shift[c] = _round_half_away(total / units) if units else 0.0
+    delta = {c: shift[c] - old_shift[c] for c in columns}
+    present = set(both.column_names)
+    out = both
+    for a, b in layout.products:
+        name = layout.product_name(a, b)
+        if name not in present:
+            continue
+        old = _floats(both, name)
+        moved = old - delta[b] * old_sum[a] - delta[a] * old_sum[b] + n * delta[a] * delta[b]
+        out = _replace(out, name, moved)
+    for c in columns:
+        out = _replace(out, layout.sum_name(c), old_sum[c] - n * delta[c])
+        out = _replace(out, layout.shift_name(c), np.full(both.num_rows, shift[c]))
+    return out
+
+
+def _replace(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    """Column ``name`` replaced by ``values`` (NaN: NULL), in its own type."""
+    i = table.column_names.index(name)
+    array = pa.array(values, type=pa.float64(), from_pandas=True)
+    return table.set_column(i, table.field(i).with_type(pa.float64()), array)
