@@ -127,6 +127,11 @@ def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_pa
     full_rows = [f for f, _ in reads if f]
     incremental_rows = [i for f, i in reads if f]
     assert len(full_rows) >= 6 and full_rows == sorted(full_rows)
+    # Experiments without slices or quantiles keep the cells of complete assignment dates:
+    # the last run computed only the dates still open (homepage_ranking_v2 has both).
+    kept = {r.experiment_id: r.state.kept_cohorts for r in incremental if r.state is not None}
+    assert not kept["homepage_ranking_v2"]
+    assert len(kept["artwork_abc"]) >= 5
     assert max(incremental_rows) < 1.2 * min(incremental_rows)
     assert incremental_rows[-1] < full_rows[-1] / 8
     # The state holds one settled row per assigned unit, and the recent days per day.
@@ -448,3 +453,41 @@ def test_a_negative_lookback_is_a_config_error(sample_copy: Path) -> None:
     assert result.exit_code == 2
     assert "restatement_lookback" in result.output
     shutil.rmtree(sample_copy / "out", ignore_errors=True)
+
+
+def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """A unit assigned long ago that is assigned again (to another variant: it is now in
+    several) changes its assignment date's cells, which the state then must not keep."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    day = date(2024, 3, 26)
+    _runs(config, day, state, experiments=experiments)
+    path = sample_copy / "experiment_assignments.parquet"
+    first = date(2024, 3, 16)
+    again = day + timedelta(days=1)
+    tmp = sample_copy / "assignments.new.parquet"
+    duckdb.sql(
+        f"""
+        COPY (
+          SELECT * FROM '{path}'
+          UNION ALL
+          SELECT * REPLACE (
+            CASE WHEN variant = 'control' THEN 'treatment_a' ELSE 'control' END AS variant,
+            TIMESTAMP '{again} 12:00:00' AS assignment_timestamp
+          )
+          FROM '{path}'
+          WHERE experiment_id = 'artwork_abc'
+            AND CAST(assignment_timestamp AS DATE) = DATE '{first}'
+            AND member_id % 5 = 0
+        ) TO '{tmp}' (FORMAT PARQUET)
+        """
+    )
+    tmp.replace(path)
+    (incremental,) = _runs(config, again, state, experiments=experiments)
+    assert incremental.state is not None
+    assert first not in incremental.state.kept_cohorts
+    assert first - timedelta(days=1) in incremental.state.kept_cohorts
+    _assert_same(_runs(config, again, None, experiments=experiments), [incremental])
