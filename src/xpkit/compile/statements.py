@@ -199,7 +199,7 @@ def compile_moments(
         ],
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
-        kept_cohorts=", ".join(date_literal(d) for d in sorted(kept_cohorts)),
+        **_kept_context(kept_cohorts, dates.first_assignment),
         **_slice_context(slices, assignments),
         **_quantile_context(
             quantile_columns,
@@ -238,6 +238,22 @@ def compile_moments(
         layout=layout,
         sources=tuple(s.source.table for s in scans),
     )
+
+
+def _kept_context(kept: Sequence[date], first_assignment: date) -> dict[str, str]:
+    """The assignment dates whose cells an incremental run keeps: as a list, and as the
+    last of them plus the earlier dates that are not kept (a range a reader can prune by)."""
+    if not kept:
+        return {"kept_cohorts": "", "kept_through": "", "kept_holes": ""}
+    through, kept_days = max(kept), set(kept)
+    start = min(first_assignment, min(kept))
+    days = (start + timedelta(days=i) for i in range((through - start).days + 1))
+    holes = [day for day in days if day not in kept_days]
+    return {
+        "kept_cohorts": ", ".join(date_literal(d) for d in sorted(kept)),
+        "kept_through": date_literal(through),
+        "kept_holes": ", ".join(date_literal(d) for d in holes),
+    }
 
 
 def _quantile_context(
