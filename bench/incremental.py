@@ -1,9 +1,9 @@
 """Cost of a scheduled daily run: full recompute against ``xpkit run --incremental``.
 
-    python bench/incremental.py [--members 10000000 --days 28 --full-every 1]
+    python bench/incremental.py [--members 10000000 --days 28 --full-every 1 --enrol-days 28]
 
 Generates (once, reused from ``--data-dir``) an experiment that enrols its members evenly
-over ``--days`` days (1/28 of them a day), with a 7-day window and the default 14-day
+over ``--enrol-days`` days (default: every day of the ``--days``), with a 7-day window and the default 14-day
 pre-period, and a daily engagement table with a row for each member on about half of the
 days from 14 days before the first assignment to the last day: ~10M members x 42 days x
 0.5 = 210M rows, one Parquet file per day. Five metrics on it (watch seconds, sessions,
@@ -61,9 +61,9 @@ guardrails = [{ metric = "errors", margin = 0.05 }]
 """
 
 
-def generate(folder: Path, members: int, days: int) -> None:
+def generate(folder: Path, members: int, days: int, enrol_days: int) -> None:
     marker = folder / "done.json"
-    wanted = {"members": members, "days": days, "format": 1}
+    wanted = {"members": members, "days": days, "enrol_days": enrol_days, "format": 1}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -77,7 +77,7 @@ def generate(folder: Path, members: int, days: int) -> None:
             m AS member_id,
             'daily_enrolment' AS experiment_id,
             CASE WHEN hash(m, 'v') % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant,
-            TIMESTAMP '{START}' + INTERVAL (m % {days}) DAY
+            TIMESTAMP '{START}' + INTERVAL (m % {enrol_days}) DAY
               + INTERVAL (hash(m, 't') % 86400) SECOND AS assignment_timestamp,
             hash(m, 'x') % 10 < 7 AS exposed_flag
           FROM range({members}) AS t(m)
@@ -166,17 +166,21 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--full-every", type=int, default=1)
+    parser.add_argument("--enrol-days", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/xpkit-bench-incremental"))
     args = parser.parse_args()
 
-    folder = args.data_dir / f"m{args.members}-d{args.days}"
-    generate(folder, args.members, args.days)
+    enrol = args.enrol_days or args.days
+    suffix = "" if enrol == args.days else f"-e{enrol}"
+    folder = args.data_dir / f"m{args.members}-d{args.days}{suffix}"
+    generate(folder, args.members, args.days, enrol)
     work = folder / "runs"
     shutil.rmtree(work, ignore_errors=True)
     state = work / "state"
     print(
-        f"{args.members:,} members enrolled over {args.days} days, {os.cpu_count()} cores; "
+        f"{args.members:,} members enrolled over {enrol} days, {args.days} days run, "
+        f"{os.cpu_count()} cores; "
         f"each figure one fresh `xpkit run` process (start-up included)"
     )
     print(
