@@ -491,3 +491,35 @@ def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
     assert first not in incremental.state.kept_cohorts
     assert first - timedelta(days=1) in incremental.state.kept_cohorts
     _assert_same(_runs(config, again, None, experiments=experiments), [incremental])
+
+
+def test_a_state_in_use_by_another_run_is_refused_with_its_holder(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xpkit.incremental.store as store_module
+
+    monkeypatch.setattr(store_module, "LOCK_WAIT", 0.2)
+    state = tmp_path / "state"
+    holder = StateStore(state, "player_srm")
+    holder.lock()
+    try:
+        result = CliRunner().invoke(
+            main,
+            [
+                "run",
+                "--config",
+                str(sample_dir / "experiments.toml"),
+                "--out",
+                str(tmp_path / "out"),
+                "--experiment",
+                "player_srm",
+                "--incremental",
+                "--state",
+                str(state),
+            ],
+        )
+    finally:
+        holder.release()
+    assert result.exit_code == 2, result.output
+    assert "experiment 'player_srm': another incremental run is using its state" in result.output
+    assert "give this run another --state folder" in result.output

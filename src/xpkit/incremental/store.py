@@ -34,6 +34,7 @@ STATE_FORMAT = 1
 POINTER = "current.json"
 META = "meta.json"
 STAGING_PREFIX = ".staging-"
+LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let go
 CLOSED = "closed"
 
 
@@ -147,10 +148,10 @@ class StateStore:
         self.folder = root / folder_name(experiment_id)
         self._lock: FileLock | None = None
 
-    def lock(self, wait: float = 5.0) -> None:
+    def lock(self, wait: float | None = None) -> None:
         """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.folder / ".lock", wait=wait)
+        lock = FileLock(self.folder / ".lock", wait=LOCK_WAIT if wait is None else wait)
         try:
             lock.acquire()
         except LockHeld as err:
