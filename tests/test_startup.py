@@ -30,6 +30,25 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 """
 
 
+# Runs the command line in this process with xpkit's root finder counted by caller (patched
+# before the statistics import it by name), then prints the callers and the loaded modules.
+_ROOTS_COUNTED = """
+import collections, json, sys
+import xpkit.stats.roots as roots
+callers = collections.Counter()
+brentq = roots.brentq
+def counted(f, a, b, **options):
+    callers[sys._getframe(1).f_code.co_name] += 1
+    return brentq(f, a, b, **options)
+roots.brentq = counted
+from click.testing import CliRunner
+from xpkit.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+report = {"code": result.exit_code, "output": result.output, "callers": callers}
+print(json.dumps({**report, "modules": sorted(sys.modules)}))
+"""
+
+
 def loaded(*args: str) -> tuple[int, set[str], str]:
     """Exit code, loaded modules and stdout of ``xpkit ARGS`` in a fresh process."""
     done = subprocess.run(
@@ -70,6 +89,40 @@ def test_a_run_loads_neither_scipy_stats_nor_pandas_nor_plotly(tmp_path: Path) -
         assert name not in modules, name
     # The scorecard was computed: the statistics and the engine did load.
     assert {"scipy.special", "duckdb", "pyarrow"} <= modules
+
+
+def test_a_run_on_the_sample_finds_its_roots_without_scipy_optimize(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    args = ["run", "--config", str(sample_dir / "experiments.toml"), "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", _ROOTS_COUNTED, *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # 3: written, with results marked invalid (the sample's SRM and exposure-bug cases).
+    assert report["code"] == 3, report["output"]
+    assert "INVALID results for: player_srm, search_exposure_bug" in report["output"]
+    # Every root the statistics solve was solved: the group-sequential bounds and their
+    # inflation factor, the score intervals of the proportions, the power solver's
+    # noncentrality and the slices' REML polish. scipy.optimize once did all of it.
+    assert set(report["callers"]) >= {
+        "solve_bound",
+        "inflation_factor",
+        "_root",
+        "_root_outward",
+        "_noncentrality",
+        "_polish",
+    }, report["callers"]
+    modules = set(report["modules"])
+    assert not {m for m in modules if m.startswith("scipy.optimize")}
+    # Nor the parts of scipy it loaded with it; scipy.special is all a run needs.
+    for part in ("linalg", "sparse", "spatial", "fft", "stats"):
+        assert not {m for m in modules if m.startswith(f"scipy.{part}")}, part
+    assert "scipy.special" in modules
 
 
 def test_show_loads_no_statistics(tmp_path: Path) -> None:

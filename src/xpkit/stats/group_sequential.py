@@ -80,9 +80,10 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import optimize, special
+from scipy import special
 
 from xpkit.stats.lift import check_alpha
+from xpkit.stats.roots import brentq
 
 SpendingShape = Literal["obrien_fleming", "pocock"]
 CrossingSide = Literal["both", "upper", "lower"]
@@ -327,7 +328,7 @@ def inflation_factor(
     high = 2 * fixed
     while shortfall(high) < 0:
         high *= 2
-    drift = optimize.brentq(shortfall, low, high, xtol=1e-13, rtol=1e-15)
+    drift = brentq(shortfall, low, high, xtol=1e-13, rtol=1e-15)
     return float((drift / fixed) ** 2)
 
 
@@ -387,7 +388,7 @@ class _Recursion:
             return 0.0
         if excess(_Z_MAX) >= 0:
             return _Z_MAX
-        return float(optimize.brentq(excess, 0.0, _Z_MAX, xtol=_BRENT_XTOL, rtol=1e-15))
+        return brentq(excess, 0.0, _Z_MAX, xtol=_BRENT_XTOL, rtol=1e-15)
 
     def advance(self, k: int, c: float) -> None:
         """Move the sub-density from look ``k - 1`` to look ``k``, truncated at ``|Z_k| < c``."""

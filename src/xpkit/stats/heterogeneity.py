@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from xpkit.moments import Moments
 from xpkit.stats.effect import Effect
 from xpkit.stats.lift import NAN
 from xpkit.stats.means import welch_test
 from xpkit.stats.multiple import adjust_pvalues
+from xpkit.stats.roots import brentq
 
 Estimator = Callable[[Moments, Moments], Effect]
 
@@ -339,7 +340,7 @@ def _polish(b: np.ndarray, v: np.ndarray, tau2: float) -> float:
         lo, hi = max(0.0, tau2 - step), tau2 + step
         f_lo, f_hi = _reml_score(b, v, lo), _reml_score(b, v, hi)
         if f_lo > 0.0 > f_hi:
-            return float(optimize.brentq(lambda t: _reml_score(b, v, t), lo, hi, rtol=1e-15))
+            return brentq(lambda t: _reml_score(b, v, t), lo, hi, rtol=1e-15)
         if lo == 0.0 and f_lo <= 0.0:
             return tau2
         step *= 4.0

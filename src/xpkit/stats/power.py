@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from xpkit.stats.lift import check_alpha
+from xpkit.stats.roots import brentq
 
 
 @dataclass(frozen=True)
@@ -163,10 +164,8 @@ def _noncentrality(alpha: float, power: float) -> float:
     closed_form = z + special.ndtri(power)  # ignores the wrong-direction tail: an upper bound
     if closed_form <= 0:
         return 0.0
-    return float(
-        optimize.brentq(
-            lambda k: _two_sided_power(k, z) - power, 0.0, closed_form, xtol=1e-14, rtol=1e-15
-        )
+    return brentq(
+        lambda k: _two_sided_power(k, z) - power, 0.0, closed_form, xtol=1e-14, rtol=1e-15
     )
 
 

@@ -21,14 +21,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy import optimize, special
+from scipy import special
 
 from xpkit.stats.lift import NAN, check_alpha, normal_quantile
+from xpkit.stats.roots import RTOL_MIN, brentq
 
 # Root-finding tolerance on the difference scale and on the log-ratio scale: far below
 # anything a scorecard shows, and below the 1e-9 relative agreement the tests ask for.
 _XTOL = 1e-15
-_RTOL = 4 * 2.220446049250313e-16  # brentq's smallest allowed
+_RTOL = RTOL_MIN  # the smallest relative tolerance brentq accepts
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _root(f: Callable[[float], float], low: float, high: float) -> float:
         return low if abs(f_low) <= abs(f_high) else high
     if f_low * f_high > 0.0:
         return NAN
-    return float(optimize.brentq(f, low, high, xtol=_XTOL, rtol=_RTOL))
+    return brentq(f, low, high, xtol=_XTOL, rtol=_RTOL)
 
 
 def _root_outward(f: Callable[[float], float], start: float, direction: float) -> float:
@@ -212,4 +213,4 @@ def _root_outward(f: Callable[[float], float], start: float, direction: float) -
     else:
         return NAN
     low, high = (inside, outside) if direction > 0 else (outside, inside)
-    return float(optimize.brentq(f, low, high, xtol=1e-13, rtol=_RTOL))
+    return brentq(f, low, high, xtol=1e-13, rtol=_RTOL)
