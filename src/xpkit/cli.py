@@ -455,7 +455,6 @@ def run_command(
       xpkit run --config experiments.toml --out results/ --incremental --state state/
     """
     from xpkit.config import load_config
-    from xpkit.output.terminal import render_scorecard
 
     config = _resources(load_config(config_path), memory_limit, threads, temp_directory)
     registry = _registry(config, metrics_dir)
@@ -483,6 +482,8 @@ def run_command(
             entries.append(_run_entry(run))
             return
         if not quiet:
+            from xpkit.output.terminal import render_scorecard  # not for --quiet or --json
+
             click.echo(render_scorecard(run.scorecard, run.checks, _style()))
             click.echo("")
         for path in run.paths:

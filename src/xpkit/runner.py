@@ -35,7 +35,13 @@ from xpkit.compile.statements import (
     compile_date_check,
     compile_probe,
 )
-from xpkit.config import ExperimentConfig, LoadedConfig, UnitAttributes, slice_dimensions
+from xpkit.config import (
+    DEFAULT_RESTATEMENT_LOOKBACK,
+    ExperimentConfig,
+    LoadedConfig,
+    UnitAttributes,
+    slice_dimensions,
+)
 from xpkit.decide.analysis import (
     MetricInfo,
     analyse,
@@ -70,7 +76,6 @@ from xpkit.errors import (
     EngineStatementError,
     MetricDefinitionError,
 )
-from xpkit.incremental import DEFAULT_LOOKBACK, Refreshed, StateStore, refresh
 from xpkit.layout import MetricLayout
 from xpkit.output.storage import publish, recorded_fractions
 from xpkit.output.tables import (
@@ -95,6 +100,8 @@ from xpkit.stats.means import _check_binary
 
 if TYPE_CHECKING:
     import duckdb
+
+    from xpkit.incremental import Refreshed, StateStore
 
 
 @dataclass(frozen=True)
@@ -481,7 +488,7 @@ def run_experiment(
     slices: Sequence[str] | None = None,
     on_step: Callable[[str, int | None], None] | None = None,
     state: StateStore | None = None,
-    lookback: int = DEFAULT_LOOKBACK,
+    lookback: int = DEFAULT_RESTATEMENT_LOOKBACK,
 ) -> ExperimentRun:
     """Everything for one experiment; ``history=True`` also returns the daily history.
 
@@ -520,6 +527,8 @@ def run_experiment(
     refreshed = None
     if dates is not None:
         if state is not None:
+            from xpkit.incremental import refresh  # only an incremental run needs it
+
             step("state", None)
             refreshed = refresh(
                 state,
@@ -845,7 +854,7 @@ def run_all(
     slices: Sequence[str] | None = None,
     on_step: StepCallback | None = None,
     state_dir: Path | None = None,
-    lookback: int = DEFAULT_LOOKBACK,
+    lookback: int = DEFAULT_RESTATEMENT_LOOKBACK,
 ) -> list[ExperimentRun]:
     """Run and publish each experiment in turn on one engine (``--engine`` or the config's).
 
@@ -879,7 +888,11 @@ def run_all(
         runs = []
         filed = run_date or datetime.now(UTC).date()
         for index, experiment_id in enumerate(experiment_ids, start=1):
-            store = StateStore(state_dir, experiment_id) if state_dir is not None else None
+            store = None
+            if state_dir is not None:
+                from xpkit.incremental import StateStore
+
+                store = StateStore(state_dir, experiment_id)
             if store is not None:
                 store.lock()
             try:
