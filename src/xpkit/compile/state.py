@@ -6,19 +6,22 @@ source scan is a function of aggregates over the unit's rows in its own range of
 into (``SUM``, ``COUNT``, ``MIN``, ``MAX``: partial sums add, partial extremes compare), the
 rows can be aggregated a day at a time and the days combined later: the *accumulators*.
 
-The state of one source is two tables of accumulators: ``settled`` (one row per assigned
-unit: its rows on days that will not be restated again) and ``partials`` (one row per unit
-and day for the most recent days, the restatement lookback, so that a day whose rows
-changed is re-aggregated alone). Three statements keep them:
+The state of one source is three kinds of tables of accumulators: ``closed`` (one row per
+unit whose range ended before the settle date: final, written once by the run that saw it
+end), ``open`` (one row per other unit: its days up to the settle date) and ``partials``
+(one row per open unit and day for the most recent days, the restatement lookback, so that
+a day whose rows changed is re-aggregated alone). The statements that keep them:
 
-- the **delta** (``state_delta.sql.j2``): the source's rows on the days to scan, for the
-  units already kept, and all rows in their own range for units that are new (or whose
-  assignment date moved), per unit and day;
-- the **fold** (``state_fold.sql.j2``): last run's state with the delta, the days older than
-  the lookback folded into ``settled``;
-- the **cells** statement reads each unit's values from the folded state instead of
-  scanning the source (``moments.sql.j2``, its state branch), so every step after the
-  per-unit values is the full run's own.
+- the **new units** and **touched** parts of ``state_delta.sql.j2``: the units first
+  assigned since the last run, and the assignment dates of known units assigned again;
+- the **delta** (``state_delta.sql.j2``): the source's rows on the days to scan for the open
+  units, and all rows in their own range for the new units, per unit (and per day for the
+  recent days);
+- the **fold** (``state_fold.sql.j2``): last run's open units and recent days with the
+  delta, into the new open units, the newly closed ones and the new recent days;
+- the **cells** statement reads each unit's values from the state instead of scanning the
+  source (``moments.sql.j2``, its state branch), so every step after the per-unit values
+  is the full run's own.
 
 A source whose columns use any other aggregate (``COUNT(DISTINCT ...)``, ``AVG``, a
 percentile) has no accumulators: :func:`plan_state` says why and the run scans it in full.
