@@ -366,6 +366,30 @@ def test_a_full_scan_source_still_gives_the_full_run_s_numbers(
         )
         _assert_same(full, inc)
 
+    # Without the metric that does not combine, the source keeps state from the next run.
+    only_sessions = config.model_copy(
+        update={
+            "run": config.run.model_copy(
+                update={
+                    "experiment": [
+                        e.model_copy(update={"metrics": ["sessions"]})
+                        for e in config.run.experiment
+                    ]
+                }
+            )
+        }
+    )
+    day = date(2024, 3, 26)
+    engine = engine_for(only_sessions, threads=1)
+    try:
+        options: dict = {"engine": engine, "as_of": day, "run_date": day}
+        full = run_all(only_sessions, registry, ["artwork_abc"], None, **options)
+        inc = run_all(only_sessions, registry, ["artwork_abc"], None, state_dir=state, **options)
+    finally:
+        engine.close()
+    assert any("state rebuilt from all its rows (no state yet)" in n for n in _notes(inc))
+    _assert_same(full, inc)
+
 
 def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -> None:
     config = sample_dir / "experiments.toml"

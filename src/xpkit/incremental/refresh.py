@@ -139,6 +139,8 @@ def refresh(
     assignment dates, so that the next run computes only the others'."""
     plan: StatePlan = plan_state(experiment, metrics)
     previous = store.current()
+    if previous is not None and not previous.sources:
+        previous = None  # it kept nothing: every source was scanned in full
     staged = store.stage()
     settle_through = as_of - timedelta(days=lookback)
     done = Refreshed(store, staged, as_of, {}, {}, {})
