@@ -17,7 +17,7 @@ from typing import TextIO
 STEPS = {
     "checking": "checking metrics and columns",
     "bounds": "reading the dates (bounds statement)",
-    "state": "bringing the incremental state up to date (new days only)",
+    "state": "updating the incremental state",
     "statement": "running the statement",
     "statistics": "computing the statistics",
     "writing": "writing the tables",
