@@ -551,3 +551,47 @@ def test_a_state_in_use_by_another_run_is_refused_with_its_holder(
     assert result.exit_code == 2, result.output
     assert "experiment 'player_srm': another incremental run is using its state" in result.output
     assert "give this run another --state folder" in result.output
+
+
+def test_a_run_for_an_earlier_day_than_the_state_starts_again(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A re-run of an earlier day (a backfill) cannot use a state that has seen later days:
+    it rebuilds the state as of that day, and the next day goes on from it."""
+    config = sample_dir / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    _runs(config, date(2024, 3, 27), state, experiments=experiments)
+    earlier = date(2024, 3, 24)
+    incremental = _runs(config, earlier, state, experiments=experiments)
+    notes = _notes(incremental)
+    assert any("the state is as of 2024-03-27, after this run's 2024-03-24" in n for n in notes)
+    assert not [n for n in notes if "assignment rows changed" in n], notes
+    _assert_same(_runs(config, earlier, None, experiments=experiments), incremental)
+    later = earlier + timedelta(days=1)
+    incremental = _runs(config, later, state, experiments=experiments)
+    assert not [n for n in _notes(incremental) if "rebuilt" in n]
+    _assert_same(_runs(config, later, None, experiments=experiments), incremental)
+
+
+def test_a_state_folder_that_cannot_be_made_is_a_message(sample_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            str(sample_dir / "experiments.toml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--experiment",
+            "player_srm",
+            "--incremental",
+            "--state",
+            str(blocker / "state"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "experiment 'player_srm': cannot keep its incremental state in" in result.output
+    assert "give --state (or state in the config) a folder xpkit can create" in result.output

@@ -5,14 +5,10 @@ days since the last run (and recent days whose rows changed); ``store`` keeps th
 disk, committed together with the run. See README ("Scheduling xpkit").
 """
 
-from xpkit.config import DEFAULT_RESTATEMENT_LOOKBACK
 from xpkit.incremental.refresh import Refreshed, refresh
 from xpkit.incremental.store import SourceMeta, StateLockedError, StateStore, StateVersion
 
-DEFAULT_LOOKBACK = DEFAULT_RESTATEMENT_LOOKBACK
-
 __all__ = [
-    "DEFAULT_LOOKBACK",
     "Refreshed",
     "SourceMeta",
     "StateLockedError",

@@ -61,7 +61,6 @@ class Refreshed:
     # source label -> the cells statement's view of its state (compile_moments)
     state_sources: dict[str, dict[str, object]]
     rows_read: dict[str, int] = field(default_factory=dict)  # fact rows the scans read
-    rows_counted: dict[str, int] = field(default_factory=dict)  # rows counted per day
     notes: list[str] = field(default_factory=list)  # what was scanned in full, and why
     # The cells of complete assignment dates kept from the last run, for the dates whose
     # units cannot have changed (kept_cohorts); the statement leaves those units out.
@@ -149,22 +148,26 @@ def refresh(
             done.notes.append(f"{label}: scanned in full ({why})")
         if not plan.sources:
             return done
-        # Assignment rows that arrived late for a day already seen can move a unit's first
-        # assignment date, which every kept accumulator is relative to: start again.
+        # Assignment rows per day, one count for two uses: the recent days already seen
+        # (rows that arrived late for one of them can move a unit's first assignment date,
+        # which every kept accumulator is relative to: start again), and the days this
+        # state will check next time.
+        count_from, count_to = settle_through + timedelta(days=1), as_of
         if previous is not None:
             since = min(m.settle_through for m in previous.sources.values())
-            seen = _counts(
-                engine,
-                compile_assignment_counts(
-                    experiment,
-                    assignments,
-                    since + timedelta(days=1),
-                    previous.as_of,
-                    dialect=engine.dialect,
-                ).sql,
-            )
+            count_from = min(count_from, since + timedelta(days=1))
+            count_to = max(count_to, previous.as_of)
+        counted = _counts(
+            engine,
+            compile_assignment_counts(
+                experiment, assignments, count_from, count_to, dialect=engine.dialect
+            ).sql,
+        )
+        if previous is not None:
             late = _changed(
-                _days(since + timedelta(days=1), previous.as_of), seen, previous.assignment_counts
+                _days(since + timedelta(days=1), previous.as_of),
+                counted,
+                previous.assignment_counts,
             )
             if late:
                 done.notes.append(
@@ -172,16 +175,11 @@ def refresh(
                     f"state rebuilt"
                 )
                 previous = None
-        done.assignment_counts = _counts(
-            engine,
-            compile_assignment_counts(
-                experiment,
-                assignments,
-                settle_through + timedelta(days=1),
-                as_of,
-                dialect=engine.dialect,
-            ).sql,
-        )
+        done.assignment_counts = {
+            day: n
+            for day, n in counted.items()
+            if settle_through.isoformat() < day <= as_of.isoformat()
+        }
         reused = previous is not None
         for index, label in enumerate(plan.sources):
             reused &= _refresh_source(
@@ -303,7 +301,6 @@ def _refresh_source(
     # Rows per day since the settled days: late rows, and this run's new days.
     count_from = (meta.settle_through if meta else settle_through) + timedelta(days=1)
     counts = _counts(engine, compile_day_counts(source, count_from, as_of, dialect=dialect).sql)
-    done.rows_counted[source.table] = done.rows_counted.get(source.table, 0) + sum(counts.values())
     rescan: list[date] = []
     if meta is not None:
         restated = _changed(_days(count_from, meta.scanned_through), counts, meta.counts)

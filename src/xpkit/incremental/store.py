@@ -42,6 +42,10 @@ class StateLockedError(BadInputError):
     """Another incremental run of the experiment is using the state folder."""
 
 
+class StateFolderError(BadInputError):
+    """The state folder cannot be created or written."""
+
+
 @dataclass(frozen=True)
 class SourceMeta:
     """One source's kept accumulators.
@@ -150,7 +154,14 @@ class StateStore:
 
     def lock(self, wait: float | None = None) -> None:
         """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StateFolderError(
+                f"experiment {self.experiment_id!r}: cannot keep its incremental state in "
+                f"{self.folder} ({err.strerror or err}); give --state (or state in the "
+                f"config) a folder xpkit can create and write"
+            ) from None
         lock = FileLock(self.folder / ".lock", wait=LOCK_WAIT if wait is None else wait)
         try:
             lock.acquire()
