@@ -595,3 +595,37 @@ def test_a_state_folder_that_cannot_be_made_is_a_message(sample_dir: Path, tmp_p
     assert result.exit_code == 2, result.output
     assert "experiment 'player_srm': cannot keep its incremental state in" in result.output
     assert "give --state (or state in the config) a folder xpkit can create" in result.output
+
+
+def test_delta_case_form_gives_the_filter_form_values() -> None:
+    """The delta writes each windowed aggregate as AGG(CASE WHEN c THEN x END); on rows
+    with NULLs, no rows in the window and whole groups outside it, every kept aggregate
+    (SUM, COUNT(*), COUNT(x), COUNT_IF, MIN, MAX) equals AGG(x) FILTER (WHERE c)."""
+    from sqlglot import parse_one
+
+    from xpkit.compile.state import _case_form
+
+    aggregates = [
+        "SUM(x) FILTER (WHERE d BETWEEN 0 AND 2)",
+        "COUNT(*) FILTER (WHERE d BETWEEN 0 AND 2)",
+        "COUNT(x) FILTER (WHERE d < 0)",
+        "COUNT_IF(x > 1) FILTER (WHERE d >= 1)",
+        "MIN(x) FILTER (WHERE d BETWEEN 0 AND 2)",
+        "MAX(CASE WHEN x > 0 THEN 1 ELSE 0 END) FILTER (WHERE d < 0)",
+    ]
+    rewritten = [_case_form(parse_one(a, read="duckdb")).sql("duckdb") for a in aggregates]
+    assert not any("FILTER" in r for r in rewritten)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE t AS SELECT * FROM (VALUES (1, -1, 2.5), (1, 0, NULL), (1, 2, 4.0),"
+        " (2, 5, 1.0), (2, 6, NULL), (3, -3, NULL)) AS v(g, d, x)"
+    )
+
+    def values(columns: list[str]) -> list[tuple]:
+        return con.execute(
+            f"SELECT g, {', '.join(columns)} FROM t GROUP BY g ORDER BY g"
+        ).fetchall()
+
+    expected = values(aggregates)
+    assert expected[1][1:] == (None, 0, 0, 0, None, None)  # a group outside every window
+    assert values(rewritten) == expected
