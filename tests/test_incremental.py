@@ -521,6 +521,41 @@ def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
     _assert_same(_runs(config, again, None, experiments=experiments), [incremental])
 
 
+def test_a_kept_date_s_unit_with_later_assignment_rows_stays_in_its_own_date(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """The cells statement reads the assignment rows from the first date whose cells are
+    not kept; a unit first assigned on a kept date with rows on a later one too (already
+    seen, so its date is kept) must not turn up as a unit of that later date."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    path = sample_copy / "experiment_assignments.parquet"
+    first, later = date(2024, 3, 16), date(2024, 3, 22)
+    tmp = sample_copy / "assignments.new.parquet"
+    duckdb.sql(
+        f"""
+        COPY (
+          SELECT * FROM '{path}'
+          UNION ALL
+          SELECT * REPLACE (TIMESTAMP '{later} 12:00:00' AS assignment_timestamp)
+          FROM '{path}'
+          WHERE experiment_id = 'artwork_abc'
+            AND CAST(assignment_timestamp AS DATE) = DATE '{first}'
+            AND member_id % 5 = 0
+        ) TO '{tmp}' (FORMAT PARQUET)
+        """
+    )
+    tmp.replace(path)
+    _runs(config, date(2024, 3, 24), state, experiments=experiments)
+    for day in (date(2024, 3, 25), date(2024, 3, 26)):
+        (incremental,) = _runs(config, day, state, experiments=experiments)
+        assert incremental.state is not None
+        assert first in incremental.state.kept_cohorts
+        assert later not in incremental.state.kept_cohorts
+        _assert_same(_runs(config, day, None, experiments=experiments), [incremental])
+
+
 def test_a_state_in_use_by_another_run_is_refused_with_its_holder(
     sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

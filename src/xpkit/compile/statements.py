@@ -118,6 +118,7 @@ def compile_moments(
     slices: SliceRequest | None = None,
     state_sources: Mapping[str, Mapping[str, object]] | None = None,
     kept_cohorts: Sequence[date] = (),
+    kept_units: str | None = None,
 ) -> CompiledQuery:
     """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
@@ -128,7 +129,10 @@ def compile_moments(
     values), marked by the slice columns the layout names. ``state_sources`` (source label
     -> :func:`xpkit.compile.state.cells_source`) reads those sources' per-unit values from
     an incremental run's state instead of scanning them, and ``kept_cohorts`` leaves out
-    the units of those assignment dates (their cells are an earlier run's).
+    the units of those assignment dates (their cells are an earlier run's). ``kept_units``
+    (a table of every unit the state knows, with its first assignment date) lets the
+    statement read only the assignment rows dated from the first date not kept: a unit with
+    rows from then on whose first date is earlier is left out by that table.
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")
@@ -199,7 +203,7 @@ def compile_moments(
         ],
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
-        **_kept_context(kept_cohorts, dates.first_assignment),
+        **_kept_context(kept_cohorts, dates.first_assignment, kept_units),
         **_slice_context(slices, assignments),
         **_quantile_context(
             quantile_columns,
@@ -240,11 +244,21 @@ def compile_moments(
     )
 
 
-def _kept_context(kept: Sequence[date], first_assignment: date) -> dict[str, str]:
+def _kept_context(
+    kept: Sequence[date], first_assignment: date, units: str | None = None
+) -> dict[str, str]:
     """The assignment dates whose cells an incremental run keeps: as a list, and as the
-    last of them plus the earlier dates that are not kept (a range a reader can prune by)."""
+    last of them plus the earlier dates that are not kept (a range a reader can prune by);
+    with ``units`` (the state's units), the first date not kept, from which on the
+    assignment rows are read."""
     if not kept:
-        return {"kept_cohorts": "", "kept_through": "", "kept_holes": ""}
+        return {
+            "kept_cohorts": "",
+            "kept_through": "",
+            "kept_holes": "",
+            "kept_units": "",
+            "kept_rows_from": "",
+        }
     through, kept_days = max(kept), set(kept)
     start = min(first_assignment, min(kept))
     days = (start + timedelta(days=i) for i in range((through - start).days + 1))
@@ -253,6 +267,8 @@ def _kept_context(kept: Sequence[date], first_assignment: date) -> dict[str, str
         "kept_cohorts": ", ".join(date_literal(d) for d in sorted(kept)),
         "kept_through": date_literal(through),
         "kept_holes": ", ".join(date_literal(d) for d in holes),
+        "kept_units": ident(units) if units else "",
+        "kept_rows_from": date_literal(min(holes) if holes else through + timedelta(days=1)),
     }
 
 

@@ -66,6 +66,7 @@ class Refreshed:
     # units cannot have changed (kept_cohorts); the statement leaves those units out.
     kept_cells: pa.Table | None = None
     kept_cohorts: list[date] = field(default_factory=list)
+    kept_units: str | None = None  # a view of every unit of the state, for the statement
     cells_key: str | None = None  # None: the experiment's cells are not kept
     restated: set[date] = field(default_factory=set)
     unit_files: dict[str, list[str]] = field(default_factory=dict)  # per source: open, closed
@@ -252,6 +253,7 @@ def _keep_cells(
     if not dates:
         return
     done.kept_cohorts = dates
+    done.kept_units = view
     done.kept_cells = kept.filter(
         pc.is_in(kept.column("assignment_date"), value_set=pa.array(dates, type=pa.date32()))
     )
