@@ -483,6 +483,27 @@ def test_a_negative_lookback_is_a_config_error(sample_copy: Path) -> None:
     shutil.rmtree(sample_copy / "out", ignore_errors=True)
 
 
+def _assign_again(sample: Path, first: date, replace: str) -> None:
+    """Give a fifth of artwork_abc's units first assigned on ``first`` a second assignment
+    row: a copy of their first with the columns ``replace`` names (``SELECT * REPLACE``)."""
+    path = sample / "experiment_assignments.parquet"
+    tmp = sample / "assignments.new.parquet"
+    duckdb.sql(
+        f"""
+        COPY (
+          SELECT * FROM '{path}'
+          UNION ALL
+          SELECT * REPLACE ({replace})
+          FROM '{path}'
+          WHERE experiment_id = 'artwork_abc'
+            AND CAST(assignment_timestamp AS DATE) = DATE '{first}'
+            AND member_id % 5 = 0
+        ) TO '{tmp}' (FORMAT PARQUET)
+        """
+    )
+    tmp.replace(path)
+
+
 def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
     sample_copy: Path, tmp_path: Path
 ) -> None:
@@ -493,27 +514,14 @@ def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
     experiments = ["artwork_abc"]
     day = date(2024, 3, 26)
     _runs(config, day, state, experiments=experiments)
-    path = sample_copy / "experiment_assignments.parquet"
     first = date(2024, 3, 16)
     again = day + timedelta(days=1)
-    tmp = sample_copy / "assignments.new.parquet"
-    duckdb.sql(
-        f"""
-        COPY (
-          SELECT * FROM '{path}'
-          UNION ALL
-          SELECT * REPLACE (
-            CASE WHEN variant = 'control' THEN 'treatment_a' ELSE 'control' END AS variant,
-            TIMESTAMP '{again} 12:00:00' AS assignment_timestamp
-          )
-          FROM '{path}'
-          WHERE experiment_id = 'artwork_abc'
-            AND CAST(assignment_timestamp AS DATE) = DATE '{first}'
-            AND member_id % 5 = 0
-        ) TO '{tmp}' (FORMAT PARQUET)
-        """
+    _assign_again(
+        sample_copy,
+        first,
+        "CASE WHEN variant = 'control' THEN 'treatment_a' ELSE 'control' END AS variant, "
+        f"TIMESTAMP '{again} 12:00:00' AS assignment_timestamp",
     )
-    tmp.replace(path)
     (incremental,) = _runs(config, again, state, experiments=experiments)
     assert incremental.state is not None
     assert first not in incremental.state.kept_cohorts
@@ -530,23 +538,8 @@ def test_a_kept_date_s_unit_with_later_assignment_rows_stays_in_its_own_date(
     config = sample_copy / "experiments.toml"
     state = tmp_path / "state"
     experiments = ["artwork_abc"]
-    path = sample_copy / "experiment_assignments.parquet"
     first, later = date(2024, 3, 16), date(2024, 3, 22)
-    tmp = sample_copy / "assignments.new.parquet"
-    duckdb.sql(
-        f"""
-        COPY (
-          SELECT * FROM '{path}'
-          UNION ALL
-          SELECT * REPLACE (TIMESTAMP '{later} 12:00:00' AS assignment_timestamp)
-          FROM '{path}'
-          WHERE experiment_id = 'artwork_abc'
-            AND CAST(assignment_timestamp AS DATE) = DATE '{first}'
-            AND member_id % 5 = 0
-        ) TO '{tmp}' (FORMAT PARQUET)
-        """
-    )
-    tmp.replace(path)
+    _assign_again(sample_copy, first, f"TIMESTAMP '{later} 12:00:00' AS assignment_timestamp")
     _runs(config, date(2024, 3, 24), state, experiments=experiments)
     for day in (date(2024, 3, 25), date(2024, 3, 26)):
         (incremental,) = _runs(config, day, state, experiments=experiments)
