@@ -138,7 +138,8 @@ def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_pa
     assert len(kept["artwork_abc"]) >= 5
     assert max(incremental_rows) < 1.2 * incremental_rows[0]
     assert incremental_rows[-1] < full_rows[-1] / 8
-    # The state holds one settled row per assigned unit, and the recent days per day.
+    # The state holds each run's rows of the units still open (a piece a run) and one row
+    # per unit whose range is over.
     store = StateStore(state, "homepage_ranking_v2")
     current = store.current()
     assert current is not None and current.as_of == FIRST_DAY + timedelta(days=DAYS - 1)
@@ -148,15 +149,22 @@ def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_pa
     assert sorted(meta.counts) == [
         (current.as_of - timedelta(days=i)).isoformat() for i in (2, 1, 0)
     ]
-    # Each assigned unit once: closed (its range is over) or open; recent days per day.
-    files = [
-        str(p) for p in [current.open("engagement_daily"), *current.closed("engagement_daily")]
-    ]
+    # Each assigned unit once: closed (its range is over) or, open, the marker row in the
+    # piece of the run that first saw it.
+    closed_through = meta.settle_through - timedelta(days=6)  # the window ends on day 6
+    pieces = [str(p) for p in current.pieces("engagement_daily")]
+    closed = [str(p) for p in current.closed("engagement_daily")]
     ((rows, units),) = duckdb.sql(
-        f"SELECT COUNT(*), COUNT(DISTINCT unit_id) FROM read_parquet({files})"
+        f"SELECT COUNT(*), COUNT(DISTINCT unit_id) FROM ("
+        f"SELECT unit_id FROM read_parquet({pieces}) WHERE xp_rows = 0 "
+        f"AND assignment_date > DATE '{closed_through}' "
+        f"UNION ALL SELECT unit_id FROM read_parquet({closed}))"
     ).fetchall()
     assert rows == units > 10_000
-    assert len(current.closed("engagement_daily")) >= 5
+    assert len(closed) >= 5
+    # A piece is dropped once all its units are closed: the runs of the last lookback and
+    # window's days (3 + 6), and the first run's (its units' latest date is the last day's).
+    assert 1 <= len(pieces) <= 3 + 6 + 1 < DAYS, [p.last_date for p in meta.pieces]
 
 
 def _append_rows(sample: Path, sql: str) -> None:
@@ -277,7 +285,8 @@ def test_a_run_killed_before_it_is_published_leaves_the_previous_state(
     monkeypatch.undo()
     # The previous state is the one in use, whole; the new one was never committed.
     assert (folder / "current.json").read_text() == pointer
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [before.version, "closed"]
+    folders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert folders == sorted([before.version, "closed", "pieces"])
     after = StateStore(state, "player_srm").current()
     assert after is not None and after.as_of == day
     # The next run starts from it, and scans both days since.

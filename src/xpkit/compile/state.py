@@ -6,19 +6,21 @@ source scan is a function of aggregates over the unit's rows in its own range of
 into (``SUM``, ``COUNT``, ``MIN``, ``MAX``: partial sums add, partial extremes compare), the
 rows can be aggregated a day at a time and the days combined later: the *accumulators*.
 
-The state of one source is three kinds of tables of accumulators: ``closed`` (one row per
-unit whose range ended before the settle date: final, written once by the run that saw it
-end), ``open`` (one row per other unit: its days up to the settle date) and ``partials``
-(one row per open unit and day for the most recent days, the restatement lookback, so that
-a day whose rows changed is re-aggregated alone). The statements that keep them:
+The state of one source is two kinds of files of accumulators, each written once: the
+``pieces`` (one per run: the rows it read, per unit, and per unit and day for the days after
+its settle date, so that a restated day's older rows can be left out; with one marker row
+per unit, ``xp_rows = 0``, in the piece of the run that first saw it) and the ``closed``
+units (one row per unit whose range ended by a run's settle date: final, written by that
+run from the pieces). A piece is kept while any of its units is open; an open unit's
+accumulators are its rows over the pieces. The statements that keep them:
 
 - the **new units** and **touched** parts of ``state_delta.sql.j2``: the units first
   assigned since the last run, and the assignment dates of known units assigned again;
 - the **delta** (``state_delta.sql.j2``): the source's rows on the days to scan for the open
   units, and all rows in their own range for the new units, per unit (and per day for the
-  recent days);
-- the **fold** (``state_fold.sql.j2``): last run's open units and recent days with the
-  delta, into the new open units, the newly closed ones and the new recent days;
+  recent days): this run's piece;
+- the **close** (``state_fold.sql.j2``): the pieces' rows of the units whose range is now
+  over, one row per unit;
 - the **cells** statement reads each unit's values from the state instead of scanning the
   source (``moments.sql.j2``, its state branch), so every step after the per-unit values
   is the full run's own.
@@ -50,6 +52,7 @@ UNIT = "unit_id"
 ASSIGNMENT_DATE = "assignment_date"
 DAY = "xp_day"
 ROWS = "xp_rows"  # the unit's rows in its own range: how many rows the scans read for it
+PIECE = "xp_piece"  # which run's piece a row is in (store.Piece.index)
 
 # How partial results of each aggregate combine: a partial sum or count adds, a partial
 # extreme compares. Nothing else is kept as an accumulator.
@@ -182,13 +185,67 @@ def plan_state(experiment: ExperimentConfig, metrics: Sequence[type[Metric]]) ->
 
 @dataclass(frozen=True)
 class StateTables:
-    """The logical tables of one source's state, as the engine sees them: the units whose
-    range is over (None until there are some), the open units' settled days, and the open
-    units' recent days."""
+    """One source's state as the engine sees it: the views over its closed units' files
+    (None until there are some) and over its pieces (None when there are none), and which
+    pieces' rows are in use (:func:`piece_rows`)."""
 
     closed: str | None
-    open: str
-    partials: str
+    pieces: str | None
+    rows: exp.Expr  # the condition on a piece's row (alias p) to be used
+
+
+def piece_rows(
+    pieces: Sequence[tuple[int, Sequence[date]]], after: date | None, alias: str = "p"
+) -> exp.Expr:
+    """The rows of the pieces that hold open units' accumulators: assignment dates after
+    ``after`` (the units closed through it are in the closed files; None: every date), and
+    none of a day a later piece holds again (``pieces``: each piece's index and its voided
+    days)."""
+    condition: exp.Expr = exp.true()
+    if after is not None:
+        condition = exp.GT(
+            this=exp.column(ASSIGNMENT_DATE, table=alias),
+            expression=exp.cast(exp.Literal.string(after.isoformat()), "DATE"),
+        )
+    for index, voided in pieces:
+        if voided:
+            # (A row of the settled days has no day: IS NOT NULL keeps it, where IN alone
+            # would be NULL and leave it out.)
+            stale = exp.and_(
+                exp.column(PIECE, table=alias).eq(exp.Literal.number(index)),
+                exp.column(DAY, table=alias).is_(exp.null()).not_(),
+                exp.column(DAY, table=alias).isin(
+                    *(exp.cast(exp.Literal.string(d.isoformat()), "DATE") for d in sorted(voided))
+                ),
+            )
+            condition = exp.and_(condition, exp.not_(exp.paren(stale)))
+    return condition
+
+
+def units_table(pieces: str | None, closed: str | None, after: date | None = None) -> str | None:
+    """A table expression of a state's units (unit id, assignment date): each new unit's
+    marker row in its piece, and the closed units; with ``after``, the pieces' units
+    assigned after it only (the open ones), without the closed. None: no units."""
+    parts: list[exp.Select] = []
+    if pieces is not None:
+        marker: exp.Expr = exp.column(ROWS).eq(exp.Literal.number(0))
+        if after is not None:
+            marker = exp.and_(
+                marker,
+                exp.GT(
+                    this=exp.column(ASSIGNMENT_DATE),
+                    expression=exp.cast(exp.Literal.string(after.isoformat()), "DATE"),
+                ),
+            )
+        parts.append(exp.select(UNIT, ASSIGNMENT_DATE).from_(pieces).where(marker))
+    if closed is not None and after is None:
+        parts.append(exp.select(UNIT, ASSIGNMENT_DATE).from_(closed))
+    if not parts:
+        return None  # no units yet
+    union: exp.Query = parts[0]
+    for part in parts[1:]:
+        union = exp.union(union, part, distinct=False)
+    return render(exp.paren(union))
 
 
 def _units_context(
@@ -214,11 +271,6 @@ def unit_names(state: SourceState) -> list[str]:
     return [UNIT, ASSIGNMENT_DATE, ROWS, *(a.name for a in state.accumulators)]
 
 
-def day_names(state: SourceState) -> list[str]:
-    """The columns of a row per unit and day (partials, the delta)."""
-    return [UNIT, ASSIGNMENT_DATE, DAY, ROWS, *(a.name for a in state.accumulators)]
-
-
 def _names(names: Sequence[str]) -> str:
     return ", ".join(ident(n) for n in names)
 
@@ -233,12 +285,13 @@ def compile_new_units(
     dialect: str = "duckdb",
 ) -> CompiledQuery:
     """The units first assigned after ``since`` (the last run's as-of date) up to
-    ``as_of`` that ``known`` (the state's units) does not hold: unit id, assignment date."""
+    ``as_of`` that ``known`` (the state's units, a table expression: units_table) does not
+    hold: unit id, assignment date."""
     sql = render_template(
         "state_delta.sql.j2",
         part="new_units",
         since=date_literal(since) if since else None,
-        known=ident(known) if known else None,
+        known=known,
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
@@ -253,12 +306,13 @@ def compile_touched_cohorts(
     known: str,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """The assignment dates of ``known`` units with assignment rows dated after ``since``."""
+    """The assignment dates of ``known`` units (a table expression: units_table) with
+    assignment rows dated after ``since``."""
     sql = render_template(
         "state_delta.sql.j2",
         part="touched",
         since=date_literal(since),
-        known=ident(known),
+        known=known,
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
@@ -276,11 +330,13 @@ def compile_delta(
     rescan: Sequence[date],
     new_from: date,
     settle_through: date,
+    piece: int,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
     """One source's rows in each unit's range: on the ``rescan`` days for the open units
-    (``open_units``), and from ``new_from`` to ``as_of`` for ``new_units``; per unit and
-    day after ``settle_through``, per unit before."""
+    (``open_units``, a table expression: units_table), and from ``new_from`` to ``as_of``
+    for ``new_units``; per unit and day after ``settle_through``, per unit before; each
+    row marked as piece number ``piece``."""
     state = plan.sources[label]
     source = state.source
     _, last_day = plan.window
@@ -288,7 +344,9 @@ def compile_delta(
     sql = render_template(
         "state_delta.sql.j2",
         part="delta",
-        open=ident(open_units) if open_units else None,
+        open=open_units,
+        piece=exp.Literal.number(piece).sql("duckdb"),
+        piece_column=ident(PIECE),
         new_units=ident(new_units),
         table=table_ref(source.table),
         unit=ident(source.unit),
@@ -324,54 +382,39 @@ def _case_form(tree: exp.Expr) -> exp.Expr:
     return agg
 
 
-def compile_fold(
+def compile_close(
     experiment: ExperimentConfig,
     assignments: AssignmentColumns,
     plan: StatePlan,
     label: str,
     *,
     as_of: date,
-    part: str,
-    old_open: str | None,
-    old_partials: str | None,
-    delta: str,
-    rescan: Sequence[date],
-    settle_through: date,
+    pieces: str,
+    rows: exp.Expr,
+    closed_through: date,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """The ``open`` or ``closed`` units (settled accumulators; closed: the range is over by
-    ``settle_through``) or the ``partials`` (recent days) of one source's new state (see
-    state_fold.sql.j2)."""
-    assert part in ("open", "closed", "partials")
+    """The units of one source whose range is over now (assignment date through
+    ``closed_through``), one row each: their rows over the ``pieces`` (the rows in use:
+    ``rows``, see piece_rows), combined (state_fold.sql.j2)."""
     state = plan.sources[label]
     accumulators = [
         {
             "name": ident(a.name),
-            "merge": a.merge(this=exp.column(a.name, table="x")).sql("duckdb"),
+            "merge": a.merge(this=exp.column(a.name, table="p")).sql("duckdb"),
         }
         for a in state.accumulators
     ]
-    closed = exp.LTE(
-        this=exp.DateAdd(
-            this=exp.column(ASSIGNMENT_DATE, table="x"),
-            expression=exp.Literal.number(plan.window[1]),
-            unit=exp.var("DAY"),
-        ),
-        expression=exp.cast(exp.Literal.string(settle_through.isoformat()), "DATE"),
+    closing = exp.LTE(
+        this=exp.column(ASSIGNMENT_DATE, table="p"),
+        expression=exp.cast(exp.Literal.string(closed_through.isoformat()), "DATE"),
     )
     sql = render_template(
         "state_fold.sql.j2",
-        part=part,
-        old_open=ident(old_open) if old_open else None,
-        old_partials=ident(old_partials) if old_partials else None,
-        delta=ident(delta),
-        rescan=_days_list(rescan) if rescan else None,
-        settle_through=date_literal(settle_through),
-        names=_names(day_names(state)),
-        settled_names=_names(unit_names(state)),
+        pieces=ident(pieces),
+        rows=render(exp.and_(rows, closing)),
         accumulators=accumulators,
-        rows_merge=exp.Sum(this=exp.column(ROWS, table="x")).sql("duckdb"),
-        closed=render(exp.paren(closed)),
+        rows_merge=exp.Sum(this=exp.column(ROWS, table="p")).sql("duckdb"),
         **_units_context(experiment, assignments, as_of),
     )
     return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
@@ -426,12 +469,12 @@ def compile_assignment_counts(
 
 def cells_source(tables: StateTables, state: SourceState) -> dict[str, object]:
     """What the cells statement needs of a source whose per-unit values come from its state
-    (``compile_moments(state_sources=...)``): the state's tables and each per-unit column
+    (``compile_moments(state_sources=...)``): the state's views and each per-unit column
     over one closed unit's accumulators and over an open unit's merged ones."""
     return {
         "closed": ident(tables.closed) if tables.closed else None,
-        "open": ident(tables.open),
-        "partials": ident(tables.partials),
+        "pieces": ident(tables.pieces) if tables.pieces else None,
+        "piece_rows": render(tables.rows),
         "rows": ident(ROWS),
         "names": _names(unit_names(state)),
         "rows_merge": exp.Sum(this=exp.column(ROWS, table="st")).sql("duckdb"),

@@ -267,7 +267,7 @@ def _kept_context(
         "kept_cohorts": ", ".join(date_literal(d) for d in sorted(kept)),
         "kept_through": date_literal(through),
         "kept_holes": ", ".join(date_literal(d) for d in holes),
-        "kept_units": ident(units) if units else "",
+        "kept_units": units or "",
         "kept_rows_from": date_literal(min(holes) if holes else through + timedelta(days=1)),
     }
 

@@ -11,8 +11,10 @@ For each source whose per-unit columns have accumulators (compile.state):
    The count runs before the scan, so a row arriving between them is at worst scanned now
    and restated next time, never missed.
 3. The delta statement scans the days after the last one scanned and the restated days for
-   the kept units, and every day of their range for units that are new; the fold statement
-   combines it with the state into the new state, staged beside the old one.
+   the kept units, and every day of their range for units that are new: staged as this
+   run's piece of the state (a restated day's rows in the older pieces are voided). The
+   close statement combines the pieces' rows of the units whose range is now over into one
+   row per unit; a piece none of whose units is open any more is dropped.
 
 The new state is committed by the caller once the run is published (store.StateStore);
 until then the old one stays in use.
@@ -20,6 +22,7 @@ until then the old one stays in use.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -31,22 +34,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xpkit.compile.state import (
+    ASSIGNMENT_DATE,
     ROWS,
     StatePlan,
     StateTables,
     cells_source,
     compile_assignment_counts,
+    compile_close,
     compile_day_counts,
     compile_delta,
-    compile_fold,
     compile_new_units,
     compile_touched_cohorts,
+    piece_rows,
     plan_state,
+    units_table,
 )
 from xpkit.config import AssignmentColumns, ExperimentConfig
 from xpkit.define.metric import Metric
 from xpkit.engines.base import Engine
-from xpkit.incremental.store import SourceMeta, StagedState, StateStore, StateVersion
+from xpkit.incremental.store import Piece, SourceMeta, StagedState, StateStore, StateVersion
 
 
 @dataclass
@@ -66,10 +72,10 @@ class Refreshed:
     # units cannot have changed (kept_cohorts); the statement leaves those units out.
     kept_cells: pa.Table | None = None
     kept_cohorts: list[date] = field(default_factory=list)
-    kept_units: str | None = None  # a view of every unit of the state, for the statement
+    kept_units: str | None = None  # every unit of the state (units_table), for the statement
     cells_key: str | None = None  # None: the experiment's cells are not kept
     restated: set[date] = field(default_factory=set)
-    unit_files: dict[str, list[str]] = field(default_factory=dict)  # per source: open, closed
+    units: dict[str, str | None] = field(default_factory=dict)  # per source: units_table
 
     def keep_cells(self, cells: pa.Table) -> None:
         """Stage this run's cells of the assignment dates whose windows are complete."""
@@ -236,15 +242,16 @@ def _keep_cells(
         for offset in range(-plan.window[1], -plan.window[0] + 1)
     }
     # Every unit of the new state, open or closed (any source's: each holds them all).
-    view = "xp_state_units"
-    engine.register_parquet(view, next(iter(done.unit_files.values())))
+    units = next(iter(done.units.values()))
+    if units is None:
+        return  # no units
     touched = engine.query(
         compile_touched_cohorts(
             experiment,
             assignments,
             as_of=done.as_of,
             since=previous.as_of,
-            known=view,
+            known=units,
             dialect=engine.dialect,
         ).sql
     ).to_pylist()
@@ -253,7 +260,7 @@ def _keep_cells(
     if not dates:
         return
     done.kept_cohorts = dates
-    done.kept_units = view
+    done.kept_units = units
     done.kept_cells = kept.filter(
         pc.is_in(kept.column("assignment_date"), value_set=pa.array(dates, type=pa.date32()))
     )
@@ -284,19 +291,26 @@ def _refresh_source(
     key = plan.key(label, {**context, "lookback": lookback, "metrics": definitions})
     meta, reason = _usable(previous, label, key, as_of)
     name = f"xp_state_{index}"
-    old_open = old_partials = known = None
+    window_end = plan.window[1]
+    pieces: list[Piece] = []
     closed_files: list[str] = []
+    closed_paths: list[str] = []
+    known = open_units = None
+    closed_before: date | None = None  # the units assigned through it are closed
     if meta is not None and previous is not None:
-        old_open, old_partials = f"{name}_old_open", f"{name}_old_partials"
-        engine.register_parquet(old_open, str(previous.open(label)))
-        engine.register_parquet(old_partials, str(previous.partials(label)))
+        pieces = list(meta.pieces)
         closed_files = list(meta.closed)
-        known = old_open
-        if closed_files:
-            known = f"{name}_known"
-            engine.register_parquet(
-                known, [str(previous.open(label)), *(str(p) for p in previous.closed(label))]
-            )
+        closed_paths = [str(p) for p in previous.closed(label)]
+        closed_before = meta.settle_through - timedelta(days=window_end)
+        old_pieces = old_closed = None
+        if pieces:
+            old_pieces = f"{name}_old_pieces"
+            engine.register_parquet(old_pieces, [str(p) for p in previous.pieces(label)])
+            open_units = units_table(old_pieces, None, after=closed_before)
+        if closed_paths:
+            old_closed = f"{name}_old_closed"
+            engine.register_parquet(old_closed, closed_paths)
+        known = units_table(old_pieces, old_closed)
     else:
         done.notes.append(f"{label}: state rebuilt from all its rows ({reason})")
 
@@ -304,6 +318,7 @@ def _refresh_source(
     count_from = (meta.settle_through if meta else settle_through) + timedelta(days=1)
     counts = _counts(engine, compile_day_counts(source, count_from, as_of, dialect=dialect).sql)
     rescan: list[date] = []
+    restated: list[date] = []
     if meta is not None:
         restated = _changed(_days(count_from, meta.scanned_through), counts, meta.counts)
         if restated:
@@ -333,6 +348,8 @@ def _refresh_source(
         first_new + timedelta(days=plan.window[0]) if first_new else as_of + timedelta(days=1)
     )
 
+    # This run's piece: the rows it reads, per unit (and day).
+    number = max((p.index for p in pieces), default=0) + 1
     delta = f"{name}_delta"
     engine.write_parquet(
         compile_delta(
@@ -341,55 +358,68 @@ def _refresh_source(
             plan,
             label,
             as_of=as_of,
-            open_units=old_open,
+            open_units=open_units,
             new_units=new_units,
             rescan=rescan,
             new_from=new_from,
             settle_through=settle_through,
+            piece=number,
             dialect=dialect,
         ).sql,
-        str(staged.scratch(label, "delta")),
+        str(staged.piece(label)),
     )
-    engine.register_parquet(delta, str(staged.scratch(label, "delta")))
-    read = engine.query(f"SELECT SUM({ROWS}) AS n FROM {delta}").to_pylist()[0]["n"]
-    done.rows_read[source.table] = done.rows_read.get(source.table, 0) + int(read or 0)
+    engine.register_parquet(delta, str(staged.piece(label)))
+    (read,) = engine.query(
+        f"SELECT SUM({ROWS}) AS n, COUNT(*) AS k, MAX({ASSIGNMENT_DATE}) AS last FROM {delta}"
+    ).to_pylist()
+    done.rows_read[source.table] = done.rows_read.get(source.table, 0) + int(read["n"] or 0)
+    # A restated day is in this piece now: the older pieces' rows of it are not used.
+    pieces = [dataclasses.replace(p, voided=tuple(sorted({*p.voided, *restated}))) for p in pieces]
+    paths = [str(p) for p in previous.pieces(label)] if meta is not None and previous else []
+    if read["k"]:
+        pieces.append(Piece(f"{staged.version}.parquet", number, read["last"]))
+        paths.append(str(staged.piece(label)))
 
-    def fold(part: str) -> str:
-        return compile_fold(
-            experiment,
-            assignments,
-            plan,
-            label,
-            as_of=as_of,
-            part=part,
-            old_open=old_open,
-            old_partials=old_partials,
-            delta=delta,
-            rescan=rescan,
-            settle_through=settle_through,
-            dialect=dialect,
-        ).sql
-
-    engine.write_parquet(fold("partials"), str(staged.partials(label)))
-    engine.write_parquet(fold("open"), str(staged.open(label)))
-    engine.write_parquet(fold("closed"), str(staged.closed(label)))
-    just_closed = f"{name}_just_closed"
-    engine.register_parquet(just_closed, str(staged.closed(label)))
-    closed_now = engine.query(f"SELECT COUNT(*) AS n FROM {just_closed}").to_pylist()[0]["n"]
-    tables = StateTables(closed=f"{name}_closed", open=f"{name}_open", partials=f"{name}_partials")
-    engine.register_parquet(tables.open, str(staged.open(label)))
-    engine.register_parquet(tables.partials, str(staged.partials(label)))
-    closed_paths = [
-        str(p) for p in (previous.closed(label) if meta is not None and previous else [])
+    # The units whose range is over by the settle date: one row each, never changed again.
+    closed_through = settle_through - timedelta(days=window_end)
+    in_use = [(p.index, p.voided) for p in pieces]
+    all_pieces = f"{name}_all_pieces"
+    if paths:
+        engine.register_parquet(all_pieces, paths)
+        engine.write_parquet(
+            compile_close(
+                experiment,
+                assignments,
+                plan,
+                label,
+                as_of=as_of,
+                pieces=all_pieces,
+                rows=piece_rows(in_use, closed_before),
+                closed_through=closed_through,
+                dialect=dialect,
+            ).sql,
+            str(staged.closed(label)),
+        )
+        just_closed = f"{name}_just_closed"
+        engine.register_parquet(just_closed, str(staged.closed(label)))
+        closed_now = engine.query(f"SELECT COUNT(*) AS n FROM {just_closed}").to_pylist()[0]["n"]
+        if closed_now:
+            closed_files.append(f"{staged.version}.parquet")
+            closed_paths.append(str(staged.closed(label)))
+    # A piece all of whose units are closed is not needed any more.
+    kept = [
+        (p, path) for p, path in zip(pieces, paths, strict=True) if p.last_date > closed_through
     ]
-    if closed_now:
-        closed_files.append(f"{staged.version}.parquet")
-        closed_paths.append(str(staged.closed(label)))
-    done.unit_files[label] = [str(staged.open(label)), *closed_paths]
-    if closed_paths:
-        engine.register_parquet(tables.closed or "", closed_paths)
-    else:
-        tables = StateTables(closed=None, open=tables.open, partials=tables.partials)
+    tables = StateTables(
+        closed=f"{name}_closed" if closed_paths else None,
+        pieces=f"{name}_pieces" if kept else None,
+        rows=piece_rows([(p.index, p.voided) for p, _ in kept], closed_through),
+    )
+    if tables.closed:
+        engine.register_parquet(tables.closed, closed_paths)
+    if tables.pieces:
+        engine.register_parquet(tables.pieces, [path for _, path in kept])
+    done.units[label] = units_table(tables.pieces, tables.closed)
     done.state_sources[label] = cells_source(tables, state)
     done.sources[label] = SourceMeta(
         key=key,
@@ -398,6 +428,7 @@ def _refresh_source(
         settle_through=settle_through,
         counts={d: n for d, n in counts.items() if d > settle_through.isoformat()},
         closed=tuple(closed_files),
+        pieces=tuple(p for p, _ in kept),
     )
     return meta is not None
 

@@ -4,16 +4,19 @@
 
     STATE/<experiment folder>/current.json        {"version": "<id>"}: the state in use
     STATE/<experiment folder>/<id>/meta.json       what it holds (see StateVersion)
-    STATE/<experiment folder>/<id>/<source>.open.parquet      open units, settled days
-    STATE/<experiment folder>/<id>/<source>.partials.parquet  open units, recent days
-    STATE/<experiment folder>/closed/<source>/<id>.parquet    units whose range is over,
-                                                   written once by the run <id>, kept
+    STATE/<experiment folder>/<id>/cells.parquet   the complete assignment dates' cells
+    STATE/<experiment folder>/pieces/<source>/<id>.parquet    the rows the run <id> read,
+                                                   per unit (and day): kept while any of
+                                                   its units' range is open
+    STATE/<experiment folder>/closed/<source>/<id>.parquet    units whose range closed in
+                                                   the run <id>, one row each
     STATE/<experiment folder>/.lock                one incremental run at a time
 
-A run writes its new state into a staging folder of its own, and only after the run itself
-is published moves its closed units under ``closed/``, renames the folder to its version
-id and replaces ``current.json`` (atomically); then it removes the older versions and the
-closed files no version names. A run killed at any point leaves ``current.json`` naming the
+Both kinds of Parquet file are written once and never rewritten. A run writes its new
+state into a staging folder of its own, and only after the run itself is published moves
+its piece and its closed units under ``pieces/`` and ``closed/``, renames the folder to its
+version id and replaces ``current.json`` (atomically); then it removes the older versions
+and the files no version names. A run killed at any point leaves ``current.json`` naming the
 previous state, whole and usable: the next run starts from it and scans the days since.
 """
 
@@ -30,12 +33,13 @@ from xpkit.errors import BadInputError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
 from xpkit.output.storage import folder_name
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 1: open units rewritten each run (.open/.partials), not read
 POINTER = "current.json"
 META = "meta.json"
 STAGING_PREFIX = ".staging-"
 LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let go
 CLOSED = "closed"
+PIECES = "pieces"
 
 
 class StateLockedError(BadInputError):
@@ -47,15 +51,50 @@ class StateFolderError(BadInputError):
 
 
 @dataclass(frozen=True)
+class Piece:
+    """The rows one run read for one source, per unit (and day), under ``pieces/<source>/``.
+
+    ``index``: its number among the source's pieces (the file's ``xp_piece`` column);
+    ``last_date``: its units' latest assignment date (it is dropped once that date's units
+    are closed); ``voided``: days a later run scanned again (restated): this piece's rows
+    of those days are not used.
+    """
+
+    name: str
+    index: int
+    last_date: date
+    voided: tuple[date, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "last_date": self.last_date.isoformat(),
+            "voided": [d.isoformat() for d in self.voided],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Piece:
+        return cls(
+            name=str(data["name"]),
+            index=int(data["index"]),
+            last_date=date.fromisoformat(data["last_date"]),
+            voided=tuple(date.fromisoformat(d) for d in data["voided"]),
+        )
+
+
+@dataclass(frozen=True)
 class SourceMeta:
     """One source's kept accumulators.
 
     ``key``: the hash of what they depend on (see compile.state.StatePlan.key);
-    ``scanned_through``: the last day scanned; ``settle_through``: the last day folded
-    into ``settled`` (later days are in ``partials``, one row per unit and day);
-    ``counts``: the source's rows per day for the days after ``settle_through``, as seen
-    when they were last scanned (a changed count means late rows: the day is restated);
-    ``closed``: the files of its units whose range is over (under ``closed/<source>/``).
+    ``scanned_through``: the last day scanned; ``settle_through``: the last day whose rows
+    no later run looks at again (the units whose range ended by then are closed; the pieces
+    hold later days per unit and day); ``counts``: the source's rows per day for the days
+    after ``settle_through``, as seen when they were last scanned (a changed count means
+    late rows: the day is restated); ``closed``: the files of its units whose range is over
+    (under ``closed/<source>/``); ``pieces``: the files of what each run read for the
+    others (under ``pieces/<source>/``).
     """
 
     key: str
@@ -64,6 +103,7 @@ class SourceMeta:
     settle_through: date
     counts: dict[str, int] = field(default_factory=dict)
     closed: tuple[str, ...] = ()
+    pieces: tuple[Piece, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -73,6 +113,7 @@ class SourceMeta:
             "settle_through": self.settle_through.isoformat(),
             "counts": dict(sorted(self.counts.items())),
             "closed": list(self.closed),
+            "pieces": [p.to_json() for p in self.pieces],
         }
 
     @classmethod
@@ -84,6 +125,7 @@ class SourceMeta:
             settle_through=date.fromisoformat(data["settle_through"]),
             counts={str(k): int(v) for k, v in data["counts"].items()},
             closed=tuple(str(c) for c in data["closed"]),
+            pieces=tuple(Piece.from_json(p) for p in data["pieces"]),
         )
 
 
@@ -106,15 +148,13 @@ class StateVersion:
     def cells(self) -> Path:
         return self.path / "cells.parquet"
 
-    def open(self, label: str) -> Path:
-        return self.path / f"{label}.open.parquet"
-
-    def partials(self, label: str) -> Path:
-        return self.path / f"{label}.partials.parquet"
-
     def closed(self, label: str) -> list[Path]:
         folder = self.path.parent / CLOSED / label
         return [folder / name for name in self.sources[label].closed]
+
+    def pieces(self, label: str) -> list[Path]:
+        folder = self.path.parent / PIECES / label
+        return [folder / p.name for p in self.sources[label].pieces]
 
 
 @dataclass
@@ -124,12 +164,6 @@ class StagedState:
     path: Path
     version: str
 
-    def open(self, label: str) -> Path:
-        return self.path / f"{label}.open.parquet"
-
-    def partials(self, label: str) -> Path:
-        return self.path / f"{label}.partials.parquet"
-
     @property
     def cells(self) -> Path:
         return self.path / "cells.parquet"
@@ -137,6 +171,10 @@ class StagedState:
     def closed(self, label: str) -> Path:
         """This run's newly closed units, moved under ``closed/`` on commit."""
         return self.path / f"{label}.closed.parquet"
+
+    def piece(self, label: str) -> Path:
+        """The rows this run read (the delta), moved under ``pieces/`` on commit."""
+        return self.path / f"{label}.piece.parquet"
 
     def scratch(self, label: str, name: str) -> Path:
         """A file the run needs on its way (new units, the delta): not part of the state."""
@@ -202,7 +240,7 @@ class StateStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         for label in sources:
-            files = [found.open(label), found.partials(label), *found.closed(label)]
+            files = [*found.pieces(label), *found.closed(label)]
             if not all(f.exists() for f in files):
                 return None
         return found
@@ -225,18 +263,22 @@ class StateStore:
     ) -> StateVersion:
         """Make ``staged`` the state in use, then remove the older ones."""
         shutil.rmtree(staged.path / "scratch", ignore_errors=True)
+        name = f"{staged.version}.parquet"
         for label, meta_of in sources.items():
-            # This run's closed units join the kept ones (a new name: never overwritten).
-            new = staged.closed(label)
-            name = f"{staged.version}.parquet"
-            if new.exists() and name in meta_of.closed:
-                target = self.folder / CLOSED / label / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fsync_tree(new)
-                new.rename(target)
-                fsync_path(target.parent)
-            elif new.exists():
-                _remove(new)  # no unit's range closed in this run
+            # This run's piece and closed units join the kept ones (a new name: never
+            # overwritten), when the state names them.
+            for new, kind, named in (
+                (staged.piece(label), PIECES, name in {p.name for p in meta_of.pieces}),
+                (staged.closed(label), CLOSED, name in meta_of.closed),
+            ):
+                if new.exists() and named:
+                    target = self.folder / kind / label / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fsync_tree(new)
+                    new.rename(target)
+                    fsync_path(target.parent)
+                elif new.exists():
+                    _remove(new)  # nothing read, or no unit's range closed, in this run
         meta = {
             "format": STATE_FORMAT,
             "experiment": self.experiment_id,
@@ -255,13 +297,15 @@ class StateStore:
         with atomic_path(self.folder / POINTER, durable=True) as tmp:
             tmp.write_text(json.dumps({"version": staged.version}) + "\n")
         for other in self.folder.iterdir():
-            if other.is_dir() and other.name not in (staged.version, CLOSED):
+            if other.is_dir() and other.name not in (staged.version, CLOSED, PIECES):
                 shutil.rmtree(other, ignore_errors=True)
-        kept = {(label, name) for label, m in sources.items() for name in m.closed}
-        for label_folder in (self.folder / CLOSED).glob("*"):
-            for file in label_folder.iterdir():
-                if (label_folder.name, file.name) not in kept:
-                    _remove(file)
+        kept = {(CLOSED, label, n) for label, m in sources.items() for n in m.closed}
+        kept |= {(PIECES, label, p.name) for label, m in sources.items() for p in m.pieces}
+        for kind in (CLOSED, PIECES):
+            for label_folder in (self.folder / kind).glob("*"):
+                for file in label_folder.iterdir():
+                    if (kind, label_folder.name, file.name) not in kept:
+                        _remove(file)
         return StateVersion(
             path=final,
             version=staged.version,
