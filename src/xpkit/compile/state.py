@@ -14,8 +14,9 @@ units (one row per unit whose range ended by a run's settle date: final, written
 run from the pieces). A piece is kept while any of its units is open; an open unit's
 accumulators are its rows over the pieces. The statements that keep them:
 
-- the **new units** and **touched** parts of ``state_delta.sql.j2``: the units first
-  assigned since the last run, and the assignment dates of known units assigned again;
+- the **assigned** part of ``state_delta.sql.j2``: the units with assignment rows since the
+  last run, new or known (their dates' cells are computed again), and which have rows on
+  more than one date;
 - the **delta** (``state_delta.sql.j2``): the source's rows on the days to scan for the open
   units, and all rows in their own range for the new units, per unit (and per day for the
   recent days): this run's piece;
@@ -222,23 +223,21 @@ def piece_rows(
     return condition
 
 
-def units_table(pieces: str | None, closed: str | None, after: date | None = None) -> str | None:
-    """A table expression of a state's units (unit id, assignment date): each new unit's
-    marker row in its piece, and the closed units; with ``after``, the pieces' units
-    assigned after it only (the open ones), without the closed. None: no units."""
+def units_table(pieces: str | None, closed: str | None, after: date) -> str | None:
+    """A table expression of a state's units (unit id, assignment date), each once: the
+    marker rows in the ``pieces`` of the units assigned after ``after`` (the open units;
+    the others are closed), and the ``closed`` units. None: no units."""
     parts: list[exp.Select] = []
     if pieces is not None:
-        marker: exp.Expr = exp.column(ROWS).eq(exp.Literal.number(0))
-        if after is not None:
-            marker = exp.and_(
-                marker,
-                exp.GT(
-                    this=exp.column(ASSIGNMENT_DATE),
-                    expression=exp.cast(exp.Literal.string(after.isoformat()), "DATE"),
-                ),
-            )
+        marker = exp.and_(
+            exp.column(ROWS).eq(exp.Literal.number(0)),
+            exp.GT(
+                this=exp.column(ASSIGNMENT_DATE),
+                expression=exp.cast(exp.Literal.string(after.isoformat()), "DATE"),
+            ),
+        )
         parts.append(exp.select(UNIT, ASSIGNMENT_DATE).from_(pieces).where(marker))
-    if closed is not None and after is None:
+    if closed is not None:
         parts.append(exp.select(UNIT, ASSIGNMENT_DATE).from_(closed))
     if not parts:
         return None  # no units yet
@@ -275,7 +274,7 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(ident(n) for n in names)
 
 
-def compile_new_units(
+def compile_assigned(
     experiment: ExperimentConfig,
     assignments: AssignmentColumns,
     *,
@@ -284,34 +283,14 @@ def compile_new_units(
     known: str | None,
     dialect: str = "duckdb",
 ) -> CompiledQuery:
-    """The units first assigned after ``since`` (the last run's as-of date) up to
-    ``as_of`` that ``known`` (the state's units, a table expression: units_table) does not
-    hold: unit id, assignment date."""
+    """The units with assignment rows dated after ``since`` (the last run's as-of date) up to
+    ``as_of``: unit id, first assignment date (``known``'s, a table expression of the
+    state's units with each once: units_table, for the units it holds), whether it is new
+    (``xp_new``) and whether it has rows on more than one date (``xp_multi``)."""
     sql = render_template(
         "state_delta.sql.j2",
-        part="new_units",
+        part="assigned",
         since=date_literal(since) if since else None,
-        known=known,
-        **_units_context(experiment, assignments, as_of),
-    )
-    return CompiledQuery(sql=finish(sql, dialect), dialect=dialect)
-
-
-def compile_touched_cohorts(
-    experiment: ExperimentConfig,
-    assignments: AssignmentColumns,
-    *,
-    as_of: date,
-    since: date,
-    known: str,
-    dialect: str = "duckdb",
-) -> CompiledQuery:
-    """The assignment dates of ``known`` units (a table expression: units_table) with
-    assignment rows dated after ``since``."""
-    sql = render_template(
-        "state_delta.sql.j2",
-        part="touched",
-        since=date_literal(since),
         known=known,
         **_units_context(experiment, assignments, as_of),
     )
@@ -335,7 +314,7 @@ def compile_delta(
 ) -> CompiledQuery:
     """One source's rows in each unit's range: on the ``rescan`` days for the open units
     (``open_units``, a table expression: units_table), and from ``new_from`` to ``as_of``
-    for ``new_units``; per unit and day after ``settle_through``, per unit before; each
+    for ``new_units`` (a table expression of unit id and assignment date); per unit and day after ``settle_through``, per unit before; each
     row marked as piece number ``piece``."""
     state = plan.sources[label]
     source = state.source
@@ -347,7 +326,7 @@ def compile_delta(
         open=open_units,
         piece=exp.Literal.number(piece).sql("duckdb"),
         piece_column=ident(PIECE),
-        new_units=ident(new_units),
+        new_units=new_units,
         table=table_ref(source.table),
         unit=ident(source.unit),
         time=ident(source.time),

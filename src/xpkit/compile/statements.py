@@ -130,9 +130,10 @@ def compile_moments(
     -> :func:`xpkit.compile.state.cells_source`) reads those sources' per-unit values from
     an incremental run's state instead of scanning them, and ``kept_cohorts`` leaves out
     the units of those assignment dates (their cells are an earlier run's). ``kept_units``
-    (a table of every unit the state knows, with its first assignment date) lets the
-    statement read only the assignment rows dated from the first date not kept: a unit with
-    rows from then on whose first date is earlier is left out by that table.
+    (a table of the units the state knows to have assignment rows on more than one date,
+    with the first) lets the statement read only the assignment rows dated from the first
+    date not kept: a unit with rows from then on whose first date is earlier is in that
+    table, and left out.
     """
     if not metrics:
         raise MetricDefinitionError(f"experiment {experiment.id!r}: no metrics to compute")

@@ -32,19 +32,22 @@ from datetime import date, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sqlglot import exp
 
+from xpkit.compile.dialects import finish
+from xpkit.compile.sql import render
 from xpkit.compile.state import (
     ASSIGNMENT_DATE,
     ROWS,
+    UNIT,
     StatePlan,
     StateTables,
     cells_source,
+    compile_assigned,
     compile_assignment_counts,
     compile_close,
     compile_day_counts,
     compile_delta,
-    compile_new_units,
-    compile_touched_cohorts,
     piece_rows,
     plan_state,
     units_table,
@@ -53,6 +56,8 @@ from xpkit.config import AssignmentColumns, ExperimentConfig
 from xpkit.define.metric import Metric
 from xpkit.engines.base import Engine
 from xpkit.incremental.store import Piece, SourceMeta, StagedState, StateStore, StateVersion
+
+MULTI_VIEW = "xp_state_multi"  # the units with assignment rows on more than one date
 
 
 @dataclass
@@ -75,7 +80,9 @@ class Refreshed:
     kept_units: str | None = None  # every unit of the state (units_table), for the statement
     cells_key: str | None = None  # None: the experiment's cells are not kept
     restated: set[date] = field(default_factory=set)
-    units: dict[str, str | None] = field(default_factory=dict)  # per source: units_table
+    # per source: the view of its units with assignment rows since the last run
+    # (compile_assigned), and whether it went on from the last run's state
+    assigned: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def keep_cells(self, cells: pa.Table) -> None:
         """Stage this run's cells of the assignment dates whose windows are complete."""
@@ -203,6 +210,7 @@ def refresh(
                 context=context,
                 settle_through=settle_through,
             )
+        _keep_multi(done, engine, previous)
         if cells_context is not None and not plan.full:
             _keep_cells(
                 done,
@@ -217,6 +225,21 @@ def refresh(
     except BaseException:
         store.discard(staged)
         raise
+
+
+def _keep_multi(done: Refreshed, engine: Engine, previous: StateVersion | None) -> None:
+    """Stage the units with assignment rows on more than one date: the last state's, and
+    those this run found (the first source's units since the last run; all of them when
+    it started again)."""
+    view, went_on = next(iter(done.assigned.values()))
+    found: exp.Query = exp.select(UNIT, ASSIGNMENT_DATE).from_(view).where("xp_multi")
+    if went_on and previous is not None:
+        engine.register_parquet("xp_state_old_multi", str(previous.multi))
+        found = exp.union(
+            found, exp.select(UNIT, ASSIGNMENT_DATE).from_("xp_state_old_multi"), distinct=True
+        )
+    engine.write_parquet(finish(render(found), engine.dialect), str(done.staged.multi))
+    engine.register_parquet(MULTI_VIEW, str(done.staged.multi))
 
 
 def _keep_cells(
@@ -241,26 +264,17 @@ def _keep_cells(
         for day in done.restated
         for offset in range(-plan.window[1], -plan.window[0] + 1)
     }
-    # Every unit of the new state, open or closed (any source's: each holds them all).
-    units = next(iter(done.units.values()))
-    if units is None:
-        return  # no units
+    # The known units with assignment rows since (any source's: each holds them all).
+    view, _ = next(iter(done.assigned.values()))
     touched = engine.query(
-        compile_touched_cohorts(
-            experiment,
-            assignments,
-            as_of=done.as_of,
-            since=previous.as_of,
-            known=units,
-            dialect=engine.dialect,
-        ).sql
+        f"SELECT DISTINCT {ASSIGNMENT_DATE} FROM {view} WHERE NOT xp_new"
     ).to_pylist()
     dirty |= {r["assignment_date"] for r in touched}
     dates = sorted(set(kept.column("assignment_date").to_pylist()) - dirty - {None})
     if not dates:
         return
     done.kept_cohorts = dates
-    done.kept_units = units
+    done.kept_units = MULTI_VIEW
     done.kept_cells = kept.filter(
         pc.is_in(kept.column("assignment_date"), value_set=pa.array(dates, type=pa.date32()))
     )
@@ -296,7 +310,7 @@ def _refresh_source(
     closed_files: list[str] = []
     closed_paths: list[str] = []
     known = open_units = None
-    closed_before: date | None = None  # the units assigned through it are closed
+    closed_before = date.min
     if meta is not None and previous is not None:
         pieces = list(meta.pieces)
         closed_files = list(meta.closed)
@@ -306,11 +320,11 @@ def _refresh_source(
         if pieces:
             old_pieces = f"{name}_old_pieces"
             engine.register_parquet(old_pieces, [str(p) for p in previous.pieces(label)])
-            open_units = units_table(old_pieces, None, after=closed_before)
+            open_units = units_table(old_pieces, None, closed_before)
         if closed_paths:
             old_closed = f"{name}_old_closed"
             engine.register_parquet(old_closed, closed_paths)
-        known = units_table(old_pieces, old_closed)
+        known = units_table(old_pieces, old_closed, closed_before)
     else:
         done.notes.append(f"{label}: state rebuilt from all its rows ({reason})")
 
@@ -328,9 +342,9 @@ def _refresh_source(
             )
         rescan = restated + _days(meta.scanned_through + timedelta(days=1), as_of)
 
-    new_units = f"{name}_new_units"
+    assigned = f"{name}_assigned"
     engine.write_parquet(
-        compile_new_units(
+        compile_assigned(
             experiment,
             assignments,
             as_of=as_of,
@@ -338,10 +352,14 @@ def _refresh_source(
             known=known,
             dialect=dialect,
         ).sql,
-        str(staged.scratch(label, "new_units")),
+        str(staged.scratch(label, "assigned")),
     )
-    engine.register_parquet(new_units, str(staged.scratch(label, "new_units")))
-    first = engine.query(f"SELECT MIN(assignment_date) AS first FROM {new_units}").to_pylist()
+    engine.register_parquet(assigned, str(staged.scratch(label, "assigned")))
+    done.assigned[label] = (assigned, meta is not None)
+    new_units = render(exp.paren(exp.select(UNIT, ASSIGNMENT_DATE).from_(assigned).where("xp_new")))
+    first = engine.query(
+        f"SELECT MIN({ASSIGNMENT_DATE}) AS first FROM {assigned} WHERE xp_new"
+    ).to_pylist()
     first_new = first[0]["first"] if first else None
     # Nothing new: an empty range (the statement still names the new units, none).
     new_from = (
@@ -394,7 +412,7 @@ def _refresh_source(
                 label,
                 as_of=as_of,
                 pieces=all_pieces,
-                rows=piece_rows(in_use, closed_before),
+                rows=piece_rows(in_use, closed_before if meta is not None else None),
                 closed_through=closed_through,
                 dialect=dialect,
             ).sql,
@@ -419,7 +437,6 @@ def _refresh_source(
         engine.register_parquet(tables.closed, closed_paths)
     if tables.pieces:
         engine.register_parquet(tables.pieces, [path for _, path in kept])
-    done.units[label] = units_table(tables.pieces, tables.closed)
     done.state_sources[label] = cells_source(tables, state)
     done.sources[label] = SourceMeta(
         key=key,

@@ -5,6 +5,8 @@
     STATE/<experiment folder>/current.json        {"version": "<id>"}: the state in use
     STATE/<experiment folder>/<id>/meta.json       what it holds (see StateVersion)
     STATE/<experiment folder>/<id>/cells.parquet   the complete assignment dates' cells
+    STATE/<experiment folder>/<id>/multi.parquet   the units with assignment rows on more
+                                                   than one date
     STATE/<experiment folder>/pieces/<source>/<id>.parquet    the rows the run <id> read,
                                                    per unit (and day): kept while any of
                                                    its units' range is open
@@ -40,6 +42,7 @@ STAGING_PREFIX = ".staging-"
 LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let go
 CLOSED = "closed"
 PIECES = "pieces"
+MULTI = "multi.parquet"
 
 
 class StateLockedError(BadInputError):
@@ -148,6 +151,10 @@ class StateVersion:
     def cells(self) -> Path:
         return self.path / "cells.parquet"
 
+    @property
+    def multi(self) -> Path:
+        return self.path / MULTI
+
     def closed(self, label: str) -> list[Path]:
         folder = self.path.parent / CLOSED / label
         return [folder / name for name in self.sources[label].closed]
@@ -167,6 +174,11 @@ class StagedState:
     @property
     def cells(self) -> Path:
         return self.path / "cells.parquet"
+
+    @property
+    def multi(self) -> Path:
+        """The units with assignment rows on more than one date (and their first date)."""
+        return self.path / MULTI
 
     def closed(self, label: str) -> Path:
         """This run's newly closed units, moved under ``closed/`` on commit."""
@@ -239,10 +251,11 @@ class StateStore:
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        files = [found.multi] if sources else []
         for label in sources:
-            files = [*found.pieces(label), *found.closed(label)]
-            if not all(f.exists() for f in files):
-                return None
+            files += [*found.pieces(label), *found.closed(label)]
+        if not all(f.exists() for f in files):
+            return None
         return found
 
     def stage(self) -> StagedState:
