@@ -541,20 +541,22 @@ def test_a_unit_with_a_new_assignment_row_has_its_date_s_cells_computed_again(
 def test_a_kept_date_s_unit_with_later_assignment_rows_stays_in_its_own_date(
     sample_copy: Path, tmp_path: Path
 ) -> None:
-    """The cells statement reads the assignment rows from the first date whose cells are
-    not kept; a unit first assigned on a kept date with rows on a later one too (already
-    seen, so its date is kept) must not turn up as a unit of that later date."""
+    """The cells statement reads the assignment rows of the dates whose cells are not kept;
+    a unit first assigned on a kept date with rows on a later one too (already seen, so its
+    date is kept) must not turn up as a unit of that later date once the later date's
+    window is complete (its cells are computed then, kept before)."""
     config = sample_copy / "experiments.toml"
     state = tmp_path / "state"
     experiments = ["artwork_abc"]
     first, later = date(2024, 3, 16), date(2024, 3, 22)
     _assign_again(sample_copy, first, f"TIMESTAMP '{later} 12:00:00' AS assignment_timestamp")
     _runs(config, date(2024, 3, 24), state, experiments=experiments)
-    for day in (date(2024, 3, 25), date(2024, 3, 26)):
+    complete = later + timedelta(days=6)  # the window ends on day 6
+    for day in (date(2024, 3, 25), date(2024, 3, 26), complete):
         (incremental,) = _runs(config, day, state, experiments=experiments)
         assert incremental.state is not None
         assert first in incremental.state.kept_cohorts
-        assert later not in incremental.state.kept_cohorts
+        assert (later in incremental.state.kept_cohorts) == (day < complete)
         _assert_same(_runs(config, day, None, experiments=experiments), [incremental])
 
 
@@ -666,3 +668,29 @@ def test_delta_case_form_gives_the_filter_form_values() -> None:
     expected = values(aggregates)
     assert expected[1][1:] == (None, 0, 0, 0, None, None)  # a group outside every window
     assert values(rewritten) == expected
+
+
+def test_a_unit_s_rows_on_a_kept_date_count_when_its_own_date_is_computed(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """A date whose window is not complete is kept until it is. A unit first assigned on a
+    date whose cells are computed again, with rows on a later, kept date too: those rows
+    are still its own (its assignment rows, variants and exposure)."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    first, later = date(2024, 3, 20), date(2024, 3, 21)
+    _assign_again(
+        sample_copy,
+        first,
+        "CASE WHEN variant = 'control' THEN 'treatment_a' ELSE 'control' END AS variant, "
+        f"TIMESTAMP '{later} 12:00:00' AS assignment_timestamp",
+    )
+    _runs(config, date(2024, 3, 24), state, experiments=experiments)
+    complete = first + timedelta(days=6)  # the window ends on day 6
+    for day in (date(2024, 3, 25), complete):
+        (incremental,) = _runs(config, day, state, experiments=experiments)
+        assert incremental.state is not None
+        assert (first in incremental.state.kept_cohorts) == (day < complete)
+        assert later in incremental.state.kept_cohorts
+        _assert_same(_runs(config, day, None, experiments=experiments), [incremental])

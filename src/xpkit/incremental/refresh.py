@@ -85,11 +85,11 @@ class Refreshed:
     assigned: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def keep_cells(self, cells: pa.Table) -> None:
-        """Stage this run's cells of the assignment dates whose windows are complete."""
+        """Stage this run's cells (a date whose window is not complete yet is kept for the
+        runs before it is)."""
         if self.cells_key is None:
             return
-        complete = cells.filter(pc.equal(cells.column("window_complete"), True))
-        pq.write_table(complete, self.staged.cells)
+        pq.write_table(cells, self.staged.cells)
 
     def commit(self, xpkit_version: str) -> StateVersion:
         return self.store.commit(
@@ -251,8 +251,9 @@ def _keep_cells(
     engine: Engine,
     cells_context: Mapping[str, object],
 ) -> None:
-    """Which of the last run's cells this run keeps: the complete assignment dates none of
-    whose units got assignment rows since, and whose range no restated day falls in."""
+    """Which of the last run's cells this run keeps: the assignment dates none of whose
+    units got assignment rows since, whose range no restated day falls in, and whose window
+    was complete then or is not complete yet."""
     keys = {label: meta.key for label, meta in done.sources.items()}
     text = json.dumps({"sources": keys, **cells_context}, sort_keys=True, default=str)
     done.cells_key = hashlib.sha256(text.encode()).hexdigest()
@@ -270,6 +271,14 @@ def _keep_cells(
         f"SELECT DISTINCT {ASSIGNMENT_DATE} FROM {view} WHERE NOT xp_new"
     ).to_pylist()
     dirty |= {r["assignment_date"] for r in touched}
+    # A date whose window is complete now and was not: its units' values are needed.
+    was_open = kept.filter(pc.equal(kept.column("window_complete"), False))
+    window_end = timedelta(days=experiment.window[1])
+    dirty |= {
+        day
+        for day in was_open.column("assignment_date").to_pylist()
+        if day is not None and day + window_end <= done.as_of
+    }
     dates = sorted(set(kept.column("assignment_date").to_pylist()) - dirty - {None})
     if not dates:
         return
