@@ -694,3 +694,32 @@ def test_a_unit_s_rows_on_a_kept_date_count_when_its_own_date_is_computed(
         assert (first in incremental.state.kept_cohorts) == (day < complete)
         assert later in incremental.state.kept_cohorts
         _assert_same(_runs(config, day, None, experiments=experiments), [incremental])
+
+
+def test_a_state_in_another_format_is_rebuilt_and_the_note_says_why(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """A state kept by an xpkit whose state format differs (format 1 rewrote the open
+    units every run) is not read: the run starts again from all the rows and says so."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    day = date(2024, 3, 24)
+    _runs(config, day, state, experiments=experiments)
+    current = StateStore(state, "artwork_abc").current()
+    assert current is not None
+    meta_path = current.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format": 1}))
+    store = StateStore(state, "artwork_abc")
+    assert store.current() is None
+    assert store.unusable == "the state in the folder is in format 1, this xpkit keeps format 2"
+    later = day + timedelta(days=1)
+    incremental = _runs(config, later, state, experiments=experiments)
+    notes = _notes(incremental)
+    assert any(
+        "state rebuilt from all its rows (the state in the folder is in format 1" in n
+        for n in notes
+    ), notes
+    _assert_same(_runs(config, later, None, experiments=experiments), incremental)
+    assert StateStore(state, "artwork_abc").current() is not None  # the new one, format 2

@@ -106,11 +106,11 @@ class Refreshed:
 
 
 def _usable(
-    previous: StateVersion | None, label: str, key: str, as_of: date
+    previous: StateVersion | None, label: str, key: str, as_of: date, unusable: str | None
 ) -> tuple[SourceMeta | None, str | None]:
-    """The source's kept state, or why it is not used."""
+    """The source's kept state, or why it is not used (``unusable``: why there is none)."""
     if previous is None:
-        return None, "no state yet"
+        return None, unusable or "no state yet"
     meta = previous.sources.get(label)
     if meta is None:
         return None, "not in the state yet"
@@ -189,6 +189,7 @@ def refresh(
                     f"state rebuilt"
                 )
                 previous = None
+                store.unusable = "assignment rows changed on days already seen"
         done.assignment_counts = {
             day: n
             for day, n in counted.items()
@@ -312,7 +313,7 @@ def _refresh_source(
     dialect = engine.dialect
     definitions = {m.name: m.definition_sha256() for m in metrics if m.source is state.source}
     key = plan.key(label, {**context, "lookback": lookback, "metrics": definitions})
-    meta, reason = _usable(previous, label, key, as_of)
+    meta, reason = _usable(previous, label, key, as_of, done.store.unusable)
     name = f"xp_state_{index}"
     window_end = plan.window[1]
     pieces: list[Piece] = []

@@ -201,6 +201,8 @@ class StateStore:
         self.experiment_id = experiment_id
         self.folder = root / folder_name(experiment_id)
         self._lock: FileLock | None = None
+        # Why the last current() found no usable state although there is one (None: none)
+        self.unusable: str | None = None
 
     def lock(self, wait: float | None = None) -> None:
         """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
@@ -232,11 +234,21 @@ class StateStore:
         """The committed state, or None when there is none (or it cannot be read: it is
         then rebuilt, never half-used)."""
         pointer = self.folder / POINTER
+        self.unusable = None
+        if not pointer.exists():
+            return None
+        self.unusable = "the state in the folder cannot be read whole"
         try:
             version = str(json.loads(pointer.read_text())["version"])
             path = self.folder / version
             meta = json.loads((path / META).read_text())
-            if meta.get("format") != STATE_FORMAT or meta.get("experiment") != self.experiment_id:
+            if meta.get("format") != STATE_FORMAT:
+                self.unusable = (
+                    f"the state in the folder is in format {meta.get('format')}, this xpkit "
+                    f"keeps format {STATE_FORMAT}"
+                )
+                return None
+            if meta.get("experiment") != self.experiment_id:
                 return None
             sources = {k: SourceMeta.from_json(v) for k, v in meta["sources"].items()}
             found = StateVersion(
@@ -256,6 +268,7 @@ class StateStore:
             files += [*found.pieces(label), *found.closed(label)]
         if not all(f.exists() for f in files):
             return None
+        self.unusable = None
         return found
 
     def stage(self) -> StagedState:
