@@ -723,3 +723,19 @@ def test_a_state_in_another_format_is_rebuilt_and_the_note_says_why(
     ), notes
     _assert_same(_runs(config, later, None, experiments=experiments), incremental)
     assert StateStore(state, "artwork_abc").current() is not None  # the new one, format 2
+
+
+def test_a_run_before_the_first_assignment_keeps_an_empty_state_and_goes_on(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """As of a day before anyone is assigned there is no unit to keep: the run says what the
+    full run says, and the next run starts from that empty state."""
+    config = sample_copy / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    for day in (date(2024, 2, 1), date(2024, 3, 20)):
+        incremental = _runs(config, day, state, experiments=experiments)
+        _assert_same(_runs(config, day, None, experiments=experiments), incremental)
+    current = StateStore(state, "artwork_abc").current()
+    assert current is not None and current.as_of == date(2024, 3, 20)
+    assert current.pieces("engagement_daily")

@@ -550,7 +550,7 @@ def run_experiment(
             slices=sliced,
             state_sources=refreshed.state_sources if refreshed else None,
             kept_cohorts=refreshed.kept_cohorts if refreshed else (),
-            kept_units=refreshed.kept_units if refreshed else None,
+            multi_units=refreshed.multi_units if refreshed else None,
         )
         assert query.layout is not None
         step("statement", None)

@@ -118,7 +118,7 @@ def compile_moments(
     slices: SliceRequest | None = None,
     state_sources: Mapping[str, Mapping[str, object]] | None = None,
     kept_cohorts: Sequence[date] = (),
-    kept_units: str | None = None,
+    multi_units: str | None = None,
 ) -> CompiledQuery:
     """The one statement a run needs: per-cell sufficient statistics and assignment counts.
 
@@ -129,7 +129,7 @@ def compile_moments(
     values), marked by the slice columns the layout names. ``state_sources`` (source label
     -> :func:`xpkit.compile.state.cells_source`) reads those sources' per-unit values from
     an incremental run's state instead of scanning them, and ``kept_cohorts`` leaves out
-    the units of those assignment dates (their cells are an earlier run's). ``kept_units``
+    the units of those assignment dates (their cells are an earlier run's). ``multi_units``
     (a table of the units the state knows to have assignment rows on more than one date,
     with the first) lets the statement read only the assignment rows dated from the first
     date not kept: a unit with rows from then on whose first date is earlier is in that
@@ -204,7 +204,7 @@ def compile_moments(
         ],
         shift_prefix=SHIFT_PREFIX,
         sum_prefix=SUM_PREFIX,
-        **_kept_context(kept_cohorts, dates.first_assignment, kept_units),
+        **_kept_context(kept_cohorts, dates.first_assignment, multi_units),
         **_slice_context(slices, assignments),
         **_quantile_context(
             quantile_columns,
@@ -257,7 +257,7 @@ def _kept_context(
             "kept_cohorts": "",
             "kept_through": "",
             "kept_holes": "",
-            "kept_units": "",
+            "multi_units": "",
             "kept_rows_from": "",
         }
     through, kept_days = max(kept), set(kept)
@@ -268,7 +268,7 @@ def _kept_context(
         "kept_cohorts": ", ".join(date_literal(d) for d in sorted(kept)),
         "kept_through": date_literal(through),
         "kept_holes": ", ".join(date_literal(d) for d in holes),
-        "kept_units": units or "",
+        "multi_units": units or "",
         "kept_rows_from": date_literal(min(holes) if holes else through + timedelta(days=1)),
     }
 

@@ -73,11 +73,12 @@ class Refreshed:
     state_sources: dict[str, dict[str, object]]
     rows_read: dict[str, int] = field(default_factory=dict)  # fact rows the scans read
     notes: list[str] = field(default_factory=list)  # what was scanned in full, and why
-    # The cells of complete assignment dates kept from the last run, for the dates whose
-    # units cannot have changed (kept_cohorts); the statement leaves those units out.
+    # The cells kept from the last run, for the assignment dates whose units cannot have
+    # changed (kept_cohorts); the statement leaves those units out.
     kept_cells: pa.Table | None = None
     kept_cohorts: list[date] = field(default_factory=list)
-    kept_units: str | None = None  # every unit of the state (units_table), for the statement
+    # the units with assignment rows on more than one date (a view), for the statement
+    multi_units: str | None = None
     cells_key: str | None = None  # None: the experiment's cells are not kept
     restated: set[date] = field(default_factory=set)
     # per source: the view of its units with assignment rows since the last run
@@ -284,7 +285,7 @@ def _keep_cells(
     if not dates:
         return
     done.kept_cohorts = dates
-    done.kept_units = MULTI_VIEW
+    done.multi_units = MULTI_VIEW
     done.kept_cells = kept.filter(
         pc.is_in(kept.column("assignment_date"), value_set=pa.array(dates, type=pa.date32()))
     )
