@@ -440,13 +440,16 @@ def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -
             "--state is the folder of an incremental run's state: add --incremental",
         ),
         (["--incremental", "--state", "OUT"], "is the --out folder; keep the state in a folder"),
+        (["--incremental", "--state", "OUT/state"], "is inside the --out folder; keep the state"),
+        (["--incremental", "--state", "TMP"], "holds the --out folder; keep the state in a"),
     ],
 )
 def test_incremental_options_are_checked(
     sample_dir: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     out = tmp_path / "out"
-    args = [str(out) if a == "OUT" else str(tmp_path / a) if a == "S" else a for a in args]
+    named = {"OUT": out, "OUT/state": out / "state", "TMP": tmp_path, "S": tmp_path / "S"}
+    args = [str(named.get(a, a)) for a in args]
     result = CliRunner().invoke(
         main, ["run", "--config", str(sample_dir / "experiments.toml"), "--out", str(out), *args]
     )
@@ -634,6 +637,75 @@ def test_a_state_folder_that_cannot_be_made_is_a_message(sample_dir: Path, tmp_p
     assert result.exit_code == 2, result.output
     assert "experiment 'player_srm': cannot keep its incremental state in" in result.output
     assert "give --state (or state in the config) a folder xpkit can create" in result.output
+
+
+def _run_incremental(config: Path, out: Path, state: Path, *extra: str):
+    return CliRunner().invoke(
+        main,
+        ["run", "--config", str(config), "--out", str(out), "--experiment", "player_srm"]
+        + ["--as-of", "2024-03-25", "--incremental", "--state", str(state), *extra],
+    )
+
+
+def test_a_state_folder_holding_other_files_is_refused_and_left_alone(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A run removes what its state no longer uses under an experiment's folder: pointed at
+    a folder that already holds other things (here one named like the experiment), it
+    stops before computing and deletes nothing."""
+    project = tmp_path / "project"
+    (project / "player_srm" / "notes").mkdir(parents=True)
+    (project / "player_srm" / "notes" / "findings.md").write_text("keep me\n")
+    (project / "analysis.ipynb").write_text("{}\n")
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    result = _run_incremental(sample_dir / "experiments.toml", tmp_path / "out", project)
+    assert result.exit_code == 2, result.output
+    assert f"--state {project}: the folder already holds what xpkit did not write" in result.output
+    assert "(analysis.ipynb, player_srm/)" in result.output
+    assert "give --state (or state in the config) a new or empty folder" in result.output
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_a_new_state_folder_is_marked_and_an_unmarked_earlier_state_is_taken(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """The first run marks the folder as xpkit's; a folder of experiment states without the
+    mark (an earlier xpkit's) is taken as it is, and goes on from its state."""
+    from xpkit.incremental.store import MARKER
+
+    config = sample_dir / "experiments.toml"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ".DS_Store").write_text("")  # hidden files do not make a folder someone else's
+    first = _run_incremental(config, tmp_path / "out", state)
+    assert first.exit_code in (0, 3), first.output
+    assert "removes what its state no longer uses" in (state / MARKER).read_text()
+    (state / MARKER).unlink()
+    nxt = _run_incremental(config, tmp_path / "out", state, "--as-of", "2024-03-26")
+    assert nxt.exit_code in (0, 3), nxt.output
+    assert "state rebuilt" not in nxt.output
+    assert (state / MARKER).exists()
+    current = StateStore(state, "player_srm").current()
+    assert current is not None and current.as_of == date(2024, 3, 26)
+
+
+def test_a_state_folder_inside_a_table_is_refused(sample_copy: Path, tmp_path: Path) -> None:
+    config = sample_copy / "experiments.toml"
+    (sample_copy / "facts").mkdir()
+    (sample_copy / "engagement_daily.parquet").rename(
+        sample_copy / "facts" / "engagement_daily.parquet"
+    )
+    text = config.read_text().replace(
+        'engagement_daily = "engagement_daily.parquet"', 'engagement_daily = "facts"'
+    )
+    config.write_text(text)
+    state = sample_copy / "facts" / "state"
+    result = _run_incremental(config, tmp_path / "out", state)
+    assert result.exit_code == 2, result.output
+    assert f"--state {state}: the folder is inside table 'engagement_daily'" in result.output
+    assert "would read the state's Parquet files as data" in result.output
+    assert not state.exists()
 
 
 def test_delta_case_form_gives_the_filter_form_values() -> None:

@@ -539,10 +539,18 @@ def _state_folder(
             "--incremental keeps per-unit state between runs: give it a folder with --state "
             'DIR, or set state = "state" in the config'
         )
-    if folder.resolve() == out_dir.resolve():
+    state, out = folder.resolve(), out_dir.resolve()
+    if state == out or out in state.parents or state in out.parents:
+        where = (
+            "is the --out folder"
+            if state == out
+            else "is inside the --out folder"
+            if out in state.parents
+            else "holds the --out folder"
+        )
         raise click.UsageError(
-            f"--state {folder} is the --out folder; keep the state in a folder of its own "
-            f"beside it (e.g. --state {out_dir.parent / (out_dir.name + '-state')})"
+            f"--state {folder} {where}; keep the state in a folder of its own beside it "
+            f"(e.g. --state {out_dir.parent / (out_dir.name + '-state')})"
         )
     if folder.exists() and not folder.is_dir():
         raise click.UsageError(f"--state {folder} is a file; give a folder")

@@ -882,6 +882,10 @@ def run_all(
         engine = engine_for(config, engine_name, memory_limit=memory_limit, threads=threads)
     try:
         report("", 0, "checking")
+        if state_dir is not None:
+            from xpkit.incremental import check_state_folder
+
+            check_state_folder(state_dir, config.run.tables)
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
             check_schema(config, metrics, engine)

@@ -6,7 +6,13 @@ disk, committed together with the run. See README ("Scheduling xpkit").
 """
 
 from xpkit.incremental.refresh import Refreshed, refresh
-from xpkit.incremental.store import SourceMeta, StateLockedError, StateStore, StateVersion
+from xpkit.incremental.store import (
+    SourceMeta,
+    StateLockedError,
+    StateStore,
+    StateVersion,
+    check_state_folder,
+)
 
 __all__ = [
     "Refreshed",
@@ -14,5 +20,6 @@ __all__ = [
     "StateLockedError",
     "StateStore",
     "StateVersion",
+    "check_state_folder",
     "refresh",
 ]

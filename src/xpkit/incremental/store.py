@@ -13,6 +13,7 @@
     STATE/<experiment folder>/closed/<source>/<id>.parquet    units whose range closed in
                                                    the run <id>, one row each
     STATE/<experiment folder>/.lock                one incremental run at a time
+    STATE/.xpkit-state                             marks the folder as xpkit's own
 
 Both kinds of Parquet file are written once and never rewritten. A run writes its new
 state into a staging folder of its own, and only after the run itself is published moves
@@ -25,14 +26,17 @@ previous state, whole and usable: the next run starts from it and scans the days
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from xpkit.errors import BadInputError
+from xpkit.errors import BadInputError, ConfigError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
+from xpkit.locations import location_matches
 from xpkit.output.storage import folder_name
 
 STATE_FORMAT = 2  # 1: open units rewritten each run (.open/.partials), not read
@@ -43,6 +47,13 @@ LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let 
 CLOSED = "closed"
 PIECES = "pieces"
 MULTI = "multi.parquet"
+MARKER = ".xpkit-state"  # in the --state folder: it is xpkit's, and only xpkit writes there
+_MARKER_TEXT = (
+    "This folder holds the state of xpkit's incremental runs (xpkit run --incremental).\n"
+    "Each run removes what its state no longer uses under it: keep nothing else here.\n"
+    "Delete the folder to rebuild the state: the next incremental run reads all the rows.\n"
+)
+_VERSION = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{8}")
 
 
 class StateLockedError(BadInputError):
@@ -193,6 +204,59 @@ class StagedState:
         return self.path / "scratch" / f"{label}.{name}.parquet"
 
 
+def check_state_folder(root: Path, tables: Mapping[str, str]) -> None:
+    """Before computing: ``root`` (``--state``) is a folder of xpkit's own, and no table
+    (a logical name -> location map) reads it.
+
+    A run deletes what its state no longer uses under an experiment's folder, so a folder
+    that already holds anything else (a project folder, a data folder) is refused, never
+    cleaned: one that is missing, empty (but for hidden files) or marked as xpkit's
+    (:data:`MARKER`, written by the first run) is taken, and so is an unmarked one whose
+    every entry is an experiment's state.
+    """
+    probe = root / "x" / PIECES / "y" / "z.parquet"
+    for name, location in tables.items():
+        if location_matches(location, probe) or location_matches(location, root):
+            raise ConfigError(
+                f"--state {root}: the folder is inside table {name!r}'s location "
+                f"{location!r}, so a later run would read the state's Parquet files as "
+                f"data; keep the state in a folder outside the tables' paths"
+            )
+    if not root.is_dir() or (root / MARKER).exists():
+        return
+    foreign = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in root.iterdir()
+        if not entry.name.startswith(".") and not _is_experiment_state(entry)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise StateFolderError(
+            f"--state {root}: the folder already holds what xpkit did not write ({shown}); "
+            f"an incremental run removes what its state no longer uses under the folder, "
+            f"so the state needs a folder of its own: give --state (or state in the config) "
+            f"a new or empty folder, e.g. {root / 'xpkit-state'}"
+        )
+
+
+def _is_experiment_state(entry: Path) -> bool:
+    """Could ``entry`` be an experiment's state folder, with nothing in it but xpkit's?"""
+    if not entry.is_dir():
+        return False
+    for item in entry.iterdir():
+        name = item.name
+        if name in (CLOSED, PIECES) or (_VERSION.fullmatch(name) and item.is_dir()):
+            continue
+        if name == POINTER or name.startswith(STAGING_PREFIX):
+            continue
+        if name.startswith(".") and not item.is_dir():
+            continue  # the lock, a broken lock set aside, an interrupted write's temporary
+        return False
+    return True
+
+
 class StateStore:
     """The state folder of one experiment under ``root`` (``--state``)."""
 
@@ -208,6 +272,10 @@ class StateStore:
         """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            marker = self.root / MARKER
+            if not marker.exists():
+                with atomic_path(marker) as tmp:
+                    tmp.write_text(_MARKER_TEXT)
         except OSError as err:
             raise StateFolderError(
                 f"experiment {self.experiment_id!r}: cannot keep its incremental state in "
