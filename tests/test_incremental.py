@@ -797,6 +797,32 @@ def test_a_state_in_another_format_is_rebuilt_and_the_note_says_why(
     assert StateStore(state, "artwork_abc").current() is not None  # the new one, format 2
 
 
+@pytest.mark.parametrize("kind", ["piece", "cells"])
+def test_a_state_file_cut_short_is_rebuilt_and_the_note_names_it(
+    sample_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    """A kept file that is not whole Parquet (a full disk, a copy interrupted) is not read:
+    the run starts again from all the rows, names the file, and gives the full run's
+    numbers."""
+    config = sample_dir / "experiments.toml"
+    state = tmp_path / "state"
+    experiments = ["artwork_abc"]
+    day = date(2024, 3, 24)
+    _runs(config, day, state, experiments=experiments)
+    current = StateStore(state, "artwork_abc").current()
+    assert current is not None
+    piece = current.pieces("engagement_daily")[0] if kind == "piece" else current.cells
+    piece.write_bytes(piece.read_bytes()[:200])
+    later = day + timedelta(days=1)
+    incremental = _runs(config, later, state, experiments=experiments)
+    name = piece.relative_to(state / "artwork_abc")
+    assert any(
+        f"state rebuilt from all its rows (its file {name} is cut short or damaged" in n
+        for n in _notes(incremental)
+    ), _notes(incremental)
+    _assert_same(_runs(config, later, None, experiments=experiments), incremental)
+
+
 def test_a_run_before_the_first_assignment_keeps_an_empty_state_and_goes_on(
     sample_copy: Path, tmp_path: Path
 ) -> None:

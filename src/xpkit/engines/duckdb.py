@@ -254,9 +254,10 @@ class DuckDBEngine:
         view = exp.to_table(name).sql("duckdb")
         paths = [path] if isinstance(path, str) else path
         location = exp.Array(expressions=[exp.Literal.string(p) for p in paths]).sql("duckdb")
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet({location})"
-        )
+        with self._translated():
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet({location})"
+            )
         if self._borrowed and view not in self._views:
             self._views.append(view)
 

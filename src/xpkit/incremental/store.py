@@ -332,9 +332,18 @@ class StateStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         files = [found.multi] if sources else []
+        if found.cells_key is not None and found.cells.exists():
+            files.append(found.cells)
         for label in sources:
             files += [*found.pieces(label), *found.closed(label)]
         if not all(f.exists() for f in files):
+            return None
+        damaged = next((f for f in files if not _whole_parquet(f)), None)
+        if damaged is not None:
+            self.unusable = (
+                f"its file {damaged.relative_to(self.folder)} is cut short or damaged, not "
+                f"a whole Parquet file"
+            )
             return None
         self.unusable = None
         return found
@@ -413,6 +422,27 @@ class StateStore:
 
     def discard(self, staged: StagedState) -> None:
         shutil.rmtree(staged.path, ignore_errors=True)
+
+
+def _whole_parquet(path: Path) -> bool:
+    """Is ``path`` (a file, or a folder of part files as Spark writes) whole Parquet: the
+    magic bytes at both ends and a footer that fits? A file cut short (a full disk, a copy
+    interrupted) fails it; the bytes in between are the engine's to check."""
+    if path.is_dir():
+        parts = [p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_"))]
+        return all(_whole_parquet(p) for p in parts)
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+            size = file.seek(0, 2)
+            if size < 12:
+                return False
+            file.seek(size - 8)
+            tail = file.read(8)
+    except OSError:
+        return False
+    footer = int.from_bytes(tail[:4], "little")
+    return head == b"PAR1" and tail[4:] == b"PAR1" and footer <= size - 12
 
 
 def fsync_tree(path: Path) -> None:
