@@ -8,6 +8,7 @@ skipped locally; in CI (``CI=true``) that is a failure, because CI is where they
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
@@ -208,6 +209,26 @@ def test_missing_tables_and_columns_are_data_errors(
             engine.query("SELECT SUM(wacth) FROM daily")
     with pytest.raises(DataError, match="table 'daily': cannot read"):
         SparkEngine({"daily": str(tmp_path / "missing" / "*.parquet")}, session=spark)
+
+
+def test_a_session_of_its_own_writes_no_console_progress(spark: Any) -> None:
+    """Started outside any session (``xpkit run --engine spark`` from a scheduler), the
+    engine's own local session draws no progress bar into the job's log (PySpark's
+    launcher turns it on)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from xpkit.engines.spark import SparkEngine\n"
+        "with SparkEngine({}) as engine:\n"
+        "    print('progress=' + engine.spark.conf.get('spark.ui.showConsoleProgress'))\n"
+    )
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "progress=false" in done.stdout.splitlines(), done.stdout
 
 
 def test_a_session_it_was_handed_is_left_as_it_was(

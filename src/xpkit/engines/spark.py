@@ -74,7 +74,13 @@ class SparkEngine:
         if session is None:
             session = SparkSession.getActiveSession()
         if session is None:
-            session = SparkSession.builder.appName(app_name).getOrCreate()
+            # A session of xpkit's own writes no console progress bar (carriage returns in
+            # a scheduled job's log), as the DuckDB engine does not.
+            session = (
+                SparkSession.builder.appName(app_name)
+                .config("spark.ui.showConsoleProgress", "false")
+                .getOrCreate()
+            )
             self._owns_session = True
         self.spark: SparkSession = session
         # A session we were handed keeps its own time zone once we are done with it.
