@@ -681,6 +681,9 @@ def test_a_new_state_folder_is_marked_and_an_unmarked_earlier_state_is_taken(
     first = _run_incremental(config, tmp_path / "out", state)
     assert first.exit_code in (0, 3), first.output
     assert "removes what its state no longer uses" in (state / MARKER).read_text()
+    shown = CliRunner().invoke(main, ["show", str(state)])  # the wrong folder, by mistake
+    assert shown.exit_code == 2, shown.output
+    assert "this is the --state folder of incremental runs: give the --out folder" in (shown.output)
     (state / MARKER).unlink()
     nxt = _run_incremental(config, tmp_path / "out", state, "--as-of", "2024-03-26")
     assert nxt.exit_code in (0, 3), nxt.output

@@ -37,7 +37,7 @@ from pathlib import Path
 from xpkit.errors import BadInputError, ConfigError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
 from xpkit.locations import location_matches
-from xpkit.output.storage import folder_name
+from xpkit.output.storage import STATE_MARKER, folder_name
 
 STATE_FORMAT = 2  # 1: open units rewritten each run (.open/.partials), not read
 POINTER = "current.json"
@@ -47,7 +47,7 @@ LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let 
 CLOSED = "closed"
 PIECES = "pieces"
 MULTI = "multi.parquet"
-MARKER = ".xpkit-state"  # in the --state folder: it is xpkit's, and only xpkit writes there
+MARKER = STATE_MARKER  # in the --state folder: it is xpkit's, and only xpkit writes there
 _MARKER_TEXT = (
     "This folder holds the state of xpkit's incremental runs (xpkit run --incremental).\n"
     "Each run removes what its state no longer uses under it: keep nothing else here.\n"

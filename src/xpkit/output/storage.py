@@ -419,6 +419,11 @@ def list_runs(out: Path, experiment_id: str | None = None) -> list[Manifest]:
     return sorted(manifests, key=lambda m: (m.experiment_id, m.run_date))
 
 
+# Marks an incremental run's --state folder (xpkit.incremental.store writes it): not an
+# --out folder, so readers pointed at it say so.
+STATE_MARKER = ".xpkit-state"
+
+
 def _check_out(out: Path) -> None:
     if not out.exists():
         raise RunReadError(f"{out}: no such file or folder; give the --out folder of xpkit run")
@@ -435,6 +440,9 @@ def _check_out(out: Path) -> None:
                 "this folder has the old experiment_id=/run_date= layout, which is no longer "
                 "read: re-run the experiments with --out pointing here"
                 if old
+                else "this is the --state folder of incremental runs: give the --out folder "
+                "of xpkit run"
+                if (out / STATE_MARKER).exists()
                 else "give the --out folder of xpkit run"
             )
         )
