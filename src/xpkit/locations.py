@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 FILE_SUFFIXES = (".parquet", ".csv")
@@ -78,3 +79,12 @@ def location_matches(location: str, path: Path) -> bool:
             where.is_dir() and target.startswith(where.as_posix().rstrip("/") + "/")
         )
     return _pattern(where.as_posix()).fullmatch(target) is not None
+
+
+def table_reading(folder: Path, probe: Path, tables: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first table (name, location) that would read ``folder`` or ``probe``, a file
+    xpkit writes under it: a folder xpkit writes to must not be a table's data."""
+    for name, location in tables.items():
+        if location_matches(location, probe) or location_matches(location, folder):
+            return name, location
+    return None

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from xpkit.errors import BadInputError, ConfigError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
-from xpkit.locations import location_matches
+from xpkit.locations import table_reading
 from xpkit.output.storage import STATE_MARKER, folder_name
 
 STATE_FORMAT = 2  # 1: open units rewritten each run (.open/.partials), not read
@@ -214,14 +214,13 @@ def check_state_folder(root: Path, tables: Mapping[str, str]) -> None:
     (:data:`MARKER`, written by the first run) is taken, and so is an unmarked one whose
     every entry is an experiment's state.
     """
-    probe = root / "x" / PIECES / "y" / "z.parquet"
-    for name, location in tables.items():
-        if location_matches(location, probe) or location_matches(location, root):
-            raise ConfigError(
-                f"--state {root}: the folder is inside table {name!r}'s location "
-                f"{location!r}, so a later run would read the state's Parquet files as "
-                f"data; keep the state in a folder outside the tables' paths"
-            )
+    reader = table_reading(root, root / "x" / PIECES / "y" / "z.parquet", tables)
+    if reader is not None:
+        raise ConfigError(
+            f"--state {root}: the folder is inside table {reader[0]!r}'s location "
+            f"{reader[1]!r}, so a later run would read the state's Parquet files as data; "
+            f"keep the state in a folder outside the tables' paths"
+        )
     if not root.is_dir() or (root / MARKER).exists():
         return
     foreign = sorted(

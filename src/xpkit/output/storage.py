@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from xpkit.errors import BadInputError, ConfigError
 from xpkit.files import FileLock, LockHeld, atomic_path, fsync_path
-from xpkit.locations import location_matches
+from xpkit.locations import table_reading
 from xpkit.output.schemas import RUN_ID_FIELD
 
 KINDS = ("scorecard", "checks", "history")
@@ -452,13 +452,13 @@ def check_out_folder(out_dir: Path, tables: Mapping[str, str]) -> None:
     """Before computing: the folder a run publishes to can be written, and no table (a
     logical name -> location map) reads it."""
     probe = out_dir / "experiment_id=x" / "run_date=2000-01-01" / "scorecard.parquet"
-    for name, location in tables.items():
-        if location_matches(location, probe) or location_matches(location, out_dir):
-            raise ConfigError(
-                f"--out {out_dir}: the folder is inside table {name!r}'s location "
-                f"{location!r}, so a later run would read its own scorecards as data; "
-                f"write them to a folder outside the tables' paths"
-            )
+    reader = table_reading(out_dir, probe, tables)
+    if reader is not None:
+        raise ConfigError(
+            f"--out {out_dir}: the folder is inside table {reader[0]!r}'s location "
+            f"{reader[1]!r}, so a later run would read its own scorecards as data; "
+            f"write them to a folder outside the tables' paths"
+        )
     existing = out_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
