@@ -771,6 +771,14 @@ def test_a_unit_s_rows_on_a_kept_date_count_when_its_own_date_is_computed(
         _assert_same(_runs(config, day, None, experiments=experiments), [incremental])
 
 
+def _kept_state(config: Path, state: Path, day: date, experiments: list[str]):
+    """One incremental run of ``experiments`` as of ``day``, and the state it kept."""
+    _runs(config, day, state, experiments=experiments)
+    current = StateStore(state, experiments[0]).current()
+    assert current is not None
+    return current
+
+
 def test_a_state_in_another_format_is_rebuilt_and_the_note_says_why(
     sample_copy: Path, tmp_path: Path
 ) -> None:
@@ -780,9 +788,7 @@ def test_a_state_in_another_format_is_rebuilt_and_the_note_says_why(
     state = tmp_path / "state"
     experiments = ["artwork_abc"]
     day = date(2024, 3, 24)
-    _runs(config, day, state, experiments=experiments)
-    current = StateStore(state, "artwork_abc").current()
-    assert current is not None
+    current = _kept_state(config, state, day, experiments)
     meta_path = current.path / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "format": 1}))
@@ -811,9 +817,7 @@ def test_a_state_file_cut_short_is_rebuilt_and_the_note_names_it(
     state = tmp_path / "state"
     experiments = ["artwork_abc"]
     day = date(2024, 3, 24)
-    _runs(config, day, state, experiments=experiments)
-    current = StateStore(state, "artwork_abc").current()
-    assert current is not None
+    current = _kept_state(config, state, day, experiments)
     piece = current.pieces("engagement_daily")[0] if kind == "piece" else current.cells
     piece.write_bytes(piece.read_bytes()[:200])
     later = day + timedelta(days=1)
