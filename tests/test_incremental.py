@@ -121,7 +121,9 @@ def test_incremental_runs_equal_full_runs_day_after_day(sample_dir: Path, tmp_pa
         _assert_same(full, incremental)
         notes = _notes(incremental)
         if step == 0:
-            assert any("state rebuilt from all its rows (no state yet)" in n for n in notes)
+            assert any(
+                "state built from all its rows (the first incremental run)" in n for n in notes
+            )
         else:
             assert not [n for n in notes if "rebuilt" in n or "restated" in n], notes
         reads.append((_read(full, "engagement_daily"), _read(incremental, "engagement_daily")))
@@ -396,7 +398,9 @@ def test_a_full_scan_source_still_gives_the_full_run_s_numbers(
         inc = run_all(only_sessions, registry, ["artwork_abc"], None, state_dir=state, **options)
     finally:
         engine.close()
-    assert any("state rebuilt from all its rows (no state yet)" in n for n in _notes(inc))
+    assert any(
+        "state built from all its rows (the first incremental run)" in n for n in _notes(inc)
+    )
     _assert_same(full, inc)
 
 
@@ -425,7 +429,7 @@ def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -
         )
         assert result.exit_code in (0, 3), result.output
         # What the run recomputed in full, on stderr (the first run: everything).
-        first = "artwork_abc: incremental: engagement_daily: state rebuilt from all its rows"
+        first = "artwork_abc: incremental: engagement_daily: state built from all its rows"
         assert (first in result.output) == (day == "2024-03-24")
     current = StateStore(state, "artwork_abc").current()
     assert current is not None and current.as_of == date(2024, 3, 25)

@@ -111,7 +111,7 @@ def _usable(
 ) -> tuple[SourceMeta | None, str | None]:
     """The source's kept state, or why it is not used (``unusable``: why there is none)."""
     if previous is None:
-        return None, unusable or "no state yet"
+        return None, unusable or "the first incremental run"
     meta = previous.sources.get(label)
     if meta is None:
         return None, "not in the state yet"
@@ -337,7 +337,9 @@ def _refresh_source(
             engine.register_parquet(old_closed, closed_paths)
         known = units_table(old_pieces, old_closed, closed_before)
     else:
-        done.notes.append(f"{label}: state rebuilt from all its rows ({reason})")
+        # The first run builds the state; any other start from nothing rebuilds it.
+        made = "built" if previous is None and done.store.unusable is None else "rebuilt"
+        done.notes.append(f"{label}: state {made} from all its rows ({reason})")
 
     # Rows per day since the settled days: late rows, and this run's new days.
     count_from = (meta.settle_through if meta else settle_through) + timedelta(days=1)
