@@ -328,6 +328,54 @@ def test_a_source_whose_aggregates_do_not_combine_is_scanned_in_full() -> None:
     assert "only SUM, COUNT, MIN and MAX do" in why
 
 
+class PlayRows(Source):
+    table = "plays"
+    unit = "member_id"
+    time = "date"
+
+
+class PlayCount(Metric):
+    source = PlayRows
+    expression = "COUNT(*)"
+
+
+def test_a_source_new_to_the_state_is_built_and_the_others_go_on(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A metric on a source the state has not kept yet: that source is built from all its
+    rows (said as built, not rebuilt), the kept source goes on from its state."""
+    base = load_config(sample_dir / "experiments.toml")
+
+    def only(metrics: list[str]):
+        experiments = [
+            e.model_copy(update={"metrics": metrics, "primary": [], "guardrails": []})
+            for e in base.run.experiment
+            if e.id == "homepage_ranking_v2"
+        ]
+        return base.model_copy(
+            update={"run": base.run.model_copy(update={"experiment": experiments})}
+        )
+
+    registry = registry_of([Sessions, PlayCount])
+    state, out = tmp_path / "state", tmp_path / "out"
+    for step, metrics in enumerate((["sessions"], ["sessions", "play_count"])):
+        config = only(metrics)
+        day = date(2024, 3, 24) + timedelta(days=step)
+        engine = engine_for(config, threads=1)
+        try:
+            options: dict = {"engine": engine, "as_of": day, "run_date": day}
+            full = run_all(config, registry, ["homepage_ranking_v2"], None, **options)
+            inc = run_all(
+                config, registry, ["homepage_ranking_v2"], out, state_dir=state, **options
+            )
+        finally:
+            engine.close()
+        _assert_same(full, inc)
+    notes = _notes(inc)
+    # Only the new source starts from nothing: the sessions' source says nothing.
+    assert notes == ["play_rows: state built from all its rows (not in the state yet)"], notes
+
+
 def test_a_full_scan_source_still_gives_the_full_run_s_numbers(
     sample_dir: Path, tmp_path: Path
 ) -> None:
@@ -676,7 +724,7 @@ def test_a_new_state_folder_is_marked_and_an_unmarked_earlier_state_is_taken(
 ) -> None:
     """The first run marks the folder as xpkit's; a folder of experiment states without the
     mark (an earlier xpkit's) is taken as it is, and goes on from its state."""
-    from xpkit.incremental.store import MARKER
+    from xpkit.output.storage import STATE_MARKER as MARKER
 
     config = sample_dir / "experiments.toml"
     state = tmp_path / "state"
@@ -832,6 +880,27 @@ def test_a_state_file_cut_short_is_rebuilt_and_the_note_names_it(
         for n in _notes(incremental)
     ), _notes(incremental)
     _assert_same(_runs(config, later, None, experiments=experiments), incremental)
+
+
+def test_a_spark_state_folder_is_whole_only_if_every_part_file_is(tmp_path: Path) -> None:
+    """Spark keeps each state file as a folder of part files (and its _SUCCESS and .crc
+    files, which are not Parquet): one part cut short makes the folder not whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xpkit.incremental.store import _whole_parquet
+
+    folder = tmp_path / "piece.parquet"
+    folder.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"unit_id": [i, i + 10]}), folder / f"part-0000{i}.snappy.parquet")
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part-00000.snappy.parquet.crc").write_bytes(b"crc")
+    assert _whole_parquet(folder)
+    part = folder / "part-00001.snappy.parquet"
+    part.write_bytes(part.read_bytes()[:-1])
+    assert not _whole_parquet(folder)
+    assert not _whole_parquet(tmp_path / "missing.parquet")
 
 
 def test_a_run_before_the_first_assignment_keeps_an_empty_state_and_goes_on(

@@ -469,7 +469,7 @@ def run_command(
     from xpkit.output.storage import check_out_folder
 
     check_out_folder(out_dir, config.run.tables)
-    state = _state_folder(incremental, state_dir, config, out_dir)
+    state = _state_folder(incremental, state_dir, config)
     entries: list[dict[str, Any]] = []
 
     def published(run: ExperimentRun) -> None:
@@ -521,9 +521,7 @@ def run_command(
     return EXIT_OK
 
 
-def _state_folder(
-    incremental: bool, state_dir: Path | None, config: LoadedConfig, out_dir: Path
-) -> Path | None:
+def _state_folder(incremental: bool, state_dir: Path | None, config: LoadedConfig) -> Path | None:
     """The incremental state's folder, or None for a full run."""
     if not incremental:
         if state_dir is not None:
@@ -538,19 +536,6 @@ def _state_folder(
         raise click.UsageError(
             "--incremental keeps per-unit state between runs: give it a folder with --state "
             'DIR, or set state = "state" in the config'
-        )
-    state, out = folder.resolve(), out_dir.resolve()
-    if state == out or out in state.parents or state in out.parents:
-        where = (
-            "is the --out folder"
-            if state == out
-            else "is inside the --out folder"
-            if out in state.parents
-            else "holds the --out folder"
-        )
-        raise click.UsageError(
-            f"--state {folder} {where}; keep the state in a folder of its own beside it "
-            f"(e.g. --state {out_dir.parent / (out_dir.name + '-state')})"
         )
     if folder.exists() and not folder.is_dir():
         raise click.UsageError(f"--state {folder} is a file; give a folder")

@@ -885,7 +885,7 @@ def run_all(
         if state_dir is not None:
             from xpkit.incremental import check_state_folder
 
-            check_state_folder(state_dir, config.run.tables)
+            check_state_folder(state_dir, config.run.tables, out_dir)
         for experiment_id in experiment_ids:
             metrics = resolve_metrics(config, registry, experiment_id)
             check_schema(config, metrics, engine)

@@ -58,6 +58,9 @@ from xpkit.engines.base import Engine
 from xpkit.incremental.store import Piece, SourceMeta, StagedState, StateStore, StateVersion
 
 MULTI_VIEW = "xp_state_multi"  # the units with assignment rows on more than one date
+# Why a source starts from nothing when it never had a state: it is built, not rebuilt.
+FIRST_RUN = "the first incremental run"
+NEW_SOURCE = "not in the state yet"
 
 
 @dataclass
@@ -111,10 +114,10 @@ def _usable(
 ) -> tuple[SourceMeta | None, str | None]:
     """The source's kept state, or why it is not used (``unusable``: why there is none)."""
     if previous is None:
-        return None, unusable or "the first incremental run"
+        return None, unusable or FIRST_RUN
     meta = previous.sources.get(label)
     if meta is None:
-        return None, "not in the state yet"
+        return None, NEW_SOURCE
     if meta.key != key:
         return None, "its metrics, window, configuration or xpkit version changed"
     if meta.scanned_through > as_of:
@@ -337,8 +340,7 @@ def _refresh_source(
             engine.register_parquet(old_closed, closed_paths)
         known = units_table(old_pieces, old_closed, closed_before)
     else:
-        # The first run builds the state; any other start from nothing rebuilds it.
-        made = "built" if previous is None and done.store.unusable is None else "rebuilt"
+        made = "built" if reason in (FIRST_RUN, NEW_SOURCE) else "rebuilt"
         done.notes.append(f"{label}: state {made} from all its rows ({reason})")
 
     # Rows per day since the settled days: late rows, and this run's new days.

@@ -47,7 +47,6 @@ LOCK_WAIT = 5.0  # seconds a run waits for another run of the experiment to let 
 CLOSED = "closed"
 PIECES = "pieces"
 MULTI = "multi.parquet"
-MARKER = STATE_MARKER  # in the --state folder: it is xpkit's, and only xpkit writes there
 _MARKER_TEXT = (
     "This folder holds the state of xpkit's incremental runs (xpkit run --incremental).\n"
     "Each run removes what its state no longer uses under it: keep nothing else here.\n"
@@ -204,16 +203,32 @@ class StagedState:
         return self.path / "scratch" / f"{label}.{name}.parquet"
 
 
-def check_state_folder(root: Path, tables: Mapping[str, str]) -> None:
-    """Before computing: ``root`` (``--state``) is a folder of xpkit's own, and no table
-    (a logical name -> location map) reads it.
+def check_state_folder(root: Path, tables: Mapping[str, str], out_dir: Path | None = None) -> None:
+    """Before computing: ``root`` (``--state``) is a folder of xpkit's own, apart from the
+    run's ``out_dir``, and no table (a logical name -> location map) reads it.
 
     A run deletes what its state no longer uses under an experiment's folder, so a folder
     that already holds anything else (a project folder, a data folder) is refused, never
     cleaned: one that is missing, empty (but for hidden files) or marked as xpkit's
-    (:data:`MARKER`, written by the first run) is taken, and so is an unmarked one whose
+    (``STATE_MARKER``, written by the first run) is taken, and so is an unmarked one whose
     every entry is an experiment's state.
     """
+    if out_dir is not None:
+        state, out = root.resolve(), out_dir.resolve()
+        where = (
+            "is the --out folder"
+            if state == out
+            else "is inside the --out folder"
+            if out in state.parents
+            else "holds the --out folder"
+            if state in out.parents
+            else None
+        )
+        if where is not None:
+            raise StateFolderError(
+                f"--state {root} {where}; keep the state in a folder of its own beside it "
+                f"(e.g. --state {out_dir.parent / (out_dir.name + '-state')})"
+            )
     reader = table_reading(root, root / "x" / PIECES / "y" / "z.parquet", tables)
     if reader is not None:
         raise ConfigError(
@@ -221,7 +236,7 @@ def check_state_folder(root: Path, tables: Mapping[str, str]) -> None:
             f"{reader[1]!r}, so a later run would read the state's Parquet files as data; "
             f"keep the state in a folder outside the tables' paths"
         )
-    if not root.is_dir() or (root / MARKER).exists():
+    if not root.is_dir() or (root / STATE_MARKER).exists():
         return
     foreign = sorted(
         entry.name + ("/" if entry.is_dir() else "")
@@ -271,7 +286,7 @@ class StateStore:
         """Hold the experiment's state until :meth:`release`: one incremental run at a time."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            marker = self.root / MARKER
+            marker = self.root / STATE_MARKER
             if not marker.exists():
                 with atomic_path(marker) as tmp:
                     tmp.write_text(_MARKER_TEXT)
