@@ -34,6 +34,7 @@ RUN_KEYS = {
     "checks",
     "history",
     "files",
+    "incremental",
 }
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -483,6 +483,82 @@ def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -
     assert current is not None and current.as_of == date(2024, 3, 25)
 
 
+def _run_json(config: Path, out: Path, day: date, *extra: str) -> dict:
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--experiment",
+            "artwork_abc",
+            "--as-of",
+            day.isoformat(),
+            "--run-date",
+            day.isoformat(),
+            "--json",
+            *extra,
+        ],
+    )
+    assert result.exit_code in (0, 3), result.output
+    (run,) = json.loads(result.stdout)["runs"]
+    return run
+
+
+def _manifest(run: dict) -> dict:
+    return json.loads(Path(run["files"][-1]).read_text())
+
+
+def test_how_a_run_was_computed_is_in_its_manifest_and_json(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    """An incremental run's manifest (and its --json entry, and show's) says which state it
+    went on from, what it rebuilt or restated, and which dates' cells it kept; a full
+    run's says null."""
+    config = sample_copy / "experiments.toml"
+    out, state = tmp_path / "out", tmp_path / "state"
+    incremental = ("--incremental", "--state", str(state))
+    day = date(2024, 3, 26)
+    first = _run_json(config, out, day, *incremental)
+    assert first["incremental"]["from_state_as_of"] is None
+    assert any("state built from all its rows" in n for n in first["incremental"]["notes"])
+    assert _manifest(first)["incremental"] == first["incremental"]
+
+    late = day - timedelta(days=1)
+    _append_rows(
+        sample_copy, LATE_ROWS.format(path=sample_copy / "engagement_daily.parquet", day=late)
+    )
+    after = day + timedelta(days=1)
+    second = _run_json(config, out, after, *incremental)
+    how = second["incremental"]
+    assert how["from_state_as_of"] == day.isoformat()
+    assert how["restated_days"] == [late.isoformat()]
+    assert any(f"late rows on {late}, restated" in n for n in how["notes"])
+    # The dates whose cells were kept: complete before and untouched by the restated day.
+    assert how["kept_assignment_dates"]
+    assert all(d < (late - timedelta(days=6)).isoformat() for d in how["kept_assignment_dates"])
+    assert _manifest(second)["incremental"] == how
+    shown = CliRunner().invoke(
+        main, ["show", str(out), "--experiment", "artwork_abc", "--run-date", str(after), "--json"]
+    )
+    assert shown.exit_code in (0, 3), shown.output
+    assert json.loads(shown.stdout)["runs"][0]["incremental"] == how
+    page = tmp_path / "report.html"
+    made = CliRunner().invoke(main, ["report", str(out), "--out", str(page)])
+    assert made.exit_code == 0, made.output
+    assert (
+        f"<dt>computed</dt><dd>incrementally, from the state as of {day}; "
+        f"engagement_daily: late rows on {late}, restated</dd>"
+    ) in page.read_text()
+
+    full = _run_json(config, tmp_path / "full", after)
+    assert full["incremental"] is None and _manifest(full)["incremental"] is None
+    made = CliRunner().invoke(main, ["report", str(tmp_path / "full"), "--out", str(page)])
+    assert "<dt>computed</dt><dd>in full, from all the rows</dd>" in page.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -324,7 +324,9 @@ def test_every_table_carries_the_manifests_run_id(tmp_path: Path) -> None:
         "xpkit_version",
         "committed_at",
         "files",
+        "incremental",
     }
+    assert manifest["incremental"] is None  # a full run's
     assert manifest["experiment_id"] == "e" and manifest["run_date"] == "2024-04-05"
     assert manifest["files"]["history"] == "history/e/2024-04-05/data.parquet"
     assert len(manifest["run_id"]) == 32

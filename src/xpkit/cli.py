@@ -287,6 +287,7 @@ def _run_entry(run: ExperimentRun) -> dict[str, Any]:
         checks=run.checks,
         history=run.history,
         files=run.paths,
+        incremental=run.state.provenance() if run.state is not None else None,
     )
 
 
@@ -725,6 +726,7 @@ def show_command(
                     checks=run.checks,
                     history=run.history,
                     files=[*(manifest.file(kind) for kind in manifest.files), manifest.path],
+                    incremental=manifest.incremental,
                 )
             )
         else:

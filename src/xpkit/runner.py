@@ -752,7 +752,14 @@ def write_run(run: ExperimentRun, out: Path) -> ExperimentRun:
     tables = {"scorecard": run.scorecard, "checks": run.checks}
     if run.history is not None:
         tables["history"] = run.history
-    published = publish(out, run.experiment_id, run.run_date, tables, xpkit_version=__version__)
+    published = publish(
+        out,
+        run.experiment_id,
+        run.run_date,
+        tables,
+        xpkit_version=__version__,
+        incremental=run.state.provenance() if run.state is not None else None,
+    )
     manifest = published.manifest
     return replace(
         run,

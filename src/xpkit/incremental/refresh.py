@@ -87,6 +87,18 @@ class Refreshed:
     # per source: the view of its units with assignment rows since the last run
     # (compile_assigned), and whether it went on from the last run's state
     assigned: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    from_state: date | None = None  # the as-of date of the state any source went on from
+
+    def provenance(self) -> dict[str, object]:
+        """How the run was computed, for its manifest: the state it went on from (None:
+        built from all the rows), what was scanned in full, restated or rebuilt (the
+        notes), the restated days and the assignment dates whose cells it kept."""
+        return {
+            "from_state_as_of": self.from_state.isoformat() if self.from_state else None,
+            "notes": list(self.notes),
+            "restated_days": [d.isoformat() for d in sorted(self.restated)],
+            "kept_assignment_dates": [d.isoformat() for d in self.kept_cohorts],
+        }
 
     def keep_cells(self, cells: pa.Table) -> None:
         """Stage this run's cells (a date whose window is not complete yet is kept for the
@@ -199,22 +211,27 @@ def refresh(
             for day, n in counted.items()
             if settle_through.isoformat() < day <= as_of.isoformat()
         }
-        reused = previous is not None
+        went_on = []
         for index, label in enumerate(plan.sources):
-            reused &= _refresh_source(
-                done,
-                plan,
-                label,
-                index,
-                previous,
-                experiment,
-                metrics,
-                assignments,
-                engine,
-                lookback=lookback,
-                context=context,
-                settle_through=settle_through,
+            went_on.append(
+                _refresh_source(
+                    done,
+                    plan,
+                    label,
+                    index,
+                    previous,
+                    experiment,
+                    metrics,
+                    assignments,
+                    engine,
+                    lookback=lookback,
+                    context=context,
+                    settle_through=settle_through,
+                )
             )
+        reused = previous is not None and all(went_on)
+        if previous is not None and any(went_on):
+            done.from_state = previous.as_of
         _keep_multi(done, engine, previous)
         if cells_context is not None and not plan.full:
             _keep_cells(

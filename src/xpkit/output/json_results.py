@@ -8,7 +8,9 @@ new number; new keys may be added within one)::
      "runs": [{"experiment_id", "run_date", "run_id", "as_of", "valid", "invalid_reason",
                "decisions": [{"variant", "decision", "reasons"}],
                "scorecard": [row, ...], "checks": [row, ...], "history": [row, ...] | null,
-               "files": [path, ...]}]}
+               "files": [path, ...],
+               "incremental": {"from_state_as_of", "notes", "restated_days",
+                               "kept_assignment_dates"} | null}]}
 
     {"format": "xpkit.power/1", "experiment_id", "metric", "plan": {...}}
 
@@ -94,8 +96,10 @@ def run_entry(
     checks: pa.Table,
     history: pa.Table | None,
     files: Sequence[Path | str] = (),
+    incremental: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One published run: its identity, validity, decisions and every table's rows."""
+    """One published run: its identity, validity, decisions, every table's rows and, for
+    an incremental run, how it was computed (its manifest's ``incremental``)."""
     card = rows(scorecard) or []
     valid = run_is_valid(scorecard, checks)
     own = [r for r in card if r.get("slice_dimension", _ALL) in (_ALL, None)]
@@ -112,6 +116,7 @@ def run_entry(
         "checks": rows(checks),
         "history": rows(history),
         "files": [str(f) for f in files],
+        "incremental": plain(incremental) if incremental is not None else None,
     }
 
 

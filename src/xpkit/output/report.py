@@ -118,6 +118,7 @@ class Provenance:
     files: tuple[tuple[str, str], ...]
     sql: str | None
     sql_verified: bool
+    computed: str = ""  # how: in full, or incrementally (the manifest's record)
 
 
 @dataclass
@@ -329,7 +330,24 @@ def _provenance(run: RunTables, first: Row | None, rows: Sequence[Row]) -> Prove
         files=tuple(sorted(m.files.items())) if m else (),
         sql=sql,
         sql_verified=sql is not None and hashlib.sha256(sql.encode()).hexdigest() == sha,
+        computed=_computed(m.incremental) if m else "",
     )
+
+
+def _computed(incremental: Mapping[str, object] | None) -> str:
+    """How a published run was computed, from its manifest, in one line."""
+    if incremental is None:
+        return "in full, from all the rows"
+    start = incremental.get("from_state_as_of")
+    parts = [
+        f"incrementally, from the state as of {start}"
+        if start
+        else "incrementally, its state built from all the rows"
+    ]
+    notes = incremental.get("notes")
+    if isinstance(notes, list):
+        parts += [str(n) for n in notes]  # what it built, rebuilt, restated or scanned in full
+    return "; ".join(parts)
 
 
 def _when(value: object) -> str:

@@ -118,6 +118,9 @@ class Manifest:
     xpkit_version: str
     committed_at: str
     files: Mapping[str, str]
+    # How an incremental run was computed (incremental.refresh.Refreshed.provenance);
+    # None for a full run.
+    incremental: Mapping[str, object] | None = None
 
     def file(self, kind: str) -> Path:
         return self.out / self.files[kind]
@@ -134,6 +137,7 @@ class Manifest:
             "xpkit_version": self.xpkit_version,
             "committed_at": self.committed_at,
             "files": dict(self.files),
+            "incremental": None if self.incremental is None else dict(self.incremental),
         }
 
 
@@ -145,6 +149,14 @@ class PublishedRun:
     scorecard: pa.Table
     checks: pa.Table
     history: pa.Table | None
+
+
+def _incremental(value: object) -> Mapping[str, object] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"'incremental' is {type(value).__name__}, not an object")
+    return value
 
 
 def load_manifest(out: Path, path: Path) -> Manifest:
@@ -162,6 +174,7 @@ def load_manifest(out: Path, path: Path) -> Manifest:
             xpkit_version=str(data.get("xpkit_version", "")),
             committed_at=str(data.get("committed_at", "")),
             files=files,
+            incremental=_incremental(data.get("incremental")),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise RunReadError(f"{path}: not a readable xpkit run manifest ({err}); {fix}") from None
@@ -267,8 +280,10 @@ def publish(
     *,
     xpkit_version: str,
     lock_wait: float | None = None,
+    incremental: Mapping[str, object] | None = None,
 ) -> PublishedRun:
     """Publish one run's tables (by kind) as one unit; see the module docstring.
+    ``incremental``: how an incremental run was computed, kept in the manifest.
 
     A second writer of the same experiment and run date waits up to ``lock_wait`` seconds
     (default ``LOCK_WAIT_SECONDS``) for the first to finish, then fails naming the holder.
@@ -310,6 +325,7 @@ def publish(
                 xpkit_version=xpkit_version,
                 committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 files=files,
+                incremental=incremental,
             )
             with atomic_path(manifest.path, durable=True) as tmp:
                 tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
