@@ -549,14 +549,22 @@ def test_how_a_run_was_computed_is_in_its_manifest_and_json(
     made = CliRunner().invoke(main, ["report", str(out), "--out", str(page)])
     assert made.exit_code == 0, made.output
     assert (
-        f"<dt>computed</dt><dd>incrementally, from the state as of {day}; "
+        f"<dt>computed from</dt><dd>the incremental state as of {day} and the rows since; "
         f"engagement_daily: late rows on {late}, restated</dd>"
     ) in page.read_text()
 
     full = _run_json(config, tmp_path / "full", after)
     assert full["incremental"] is None and _manifest(full)["incremental"] is None
     made = CliRunner().invoke(main, ["report", str(tmp_path / "full"), "--out", str(page)])
-    assert "<dt>computed</dt><dd>in full, from all the rows</dd>" in page.read_text()
+    assert "<dt>computed from</dt><dd>all the rows (a full run)</dd>" in page.read_text()
+    # A manifest from before xpkit recorded how: the report does not guess.
+    path = Path(full["files"][-1])
+    older = json.loads(path.read_text())
+    del older["incremental"]
+    path.write_text(json.dumps(older))
+    made = CliRunner().invoke(main, ["report", str(tmp_path / "full"), "--out", str(page)])
+    assert made.exit_code == 0, made.output
+    assert "<dt>computed from</dt>" not in page.read_text()
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ class Provenance:
     files: tuple[tuple[str, str], ...]
     sql: str | None
     sql_verified: bool
-    computed: str = ""  # how: in full, or incrementally (the manifest's record)
+    computed: str = ""  # from what: all the rows, or a kept state (the manifest's record)
 
 
 @dataclass
@@ -330,19 +330,19 @@ def _provenance(run: RunTables, first: Row | None, rows: Sequence[Row]) -> Prove
         files=tuple(sorted(m.files.items())) if m else (),
         sql=sql,
         sql_verified=sql is not None and hashlib.sha256(sql.encode()).hexdigest() == sha,
-        computed=_computed(m.incremental) if m else "",
+        computed=_computed(m.incremental) if m and m.recorded else "",
     )
 
 
 def _computed(incremental: Mapping[str, object] | None) -> str:
     """How a published run was computed, from its manifest, in one line."""
     if incremental is None:
-        return "in full, from all the rows"
+        return "all the rows (a full run)"
     start = incremental.get("from_state_as_of")
     parts = [
-        f"incrementally, from the state as of {start}"
+        f"the incremental state as of {start} and the rows since"
         if start
-        else "incrementally, its state built from all the rows"
+        else "all the rows (an incremental run building its state)"
     ]
     notes = incremental.get("notes")
     if isinstance(notes, list):

@@ -119,8 +119,10 @@ class Manifest:
     committed_at: str
     files: Mapping[str, str]
     # How an incremental run was computed (incremental.refresh.Refreshed.provenance);
-    # None for a full run.
+    # None for a full run. A manifest written before xpkit recorded it has no such key:
+    # how its run was computed is not known (recorded False).
     incremental: Mapping[str, object] | None = None
+    recorded: bool = True
 
     def file(self, kind: str) -> Path:
         return self.out / self.files[kind]
@@ -175,6 +177,7 @@ def load_manifest(out: Path, path: Path) -> Manifest:
             committed_at=str(data.get("committed_at", "")),
             files=files,
             incremental=_incremental(data.get("incremental")),
+            recorded="incremental" in data,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise RunReadError(f"{path}: not a readable xpkit run manifest ({err}); {fix}") from None
