@@ -452,38 +452,8 @@ def test_a_full_scan_source_still_gives_the_full_run_s_numbers(
     _assert_same(full, inc)
 
 
-def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -> None:
-    config = sample_dir / "experiments.toml"
-    out, state = tmp_path / "out", tmp_path / "state"
-    for day in ("2024-03-24", "2024-03-25"):
-        result = CliRunner().invoke(
-            main,
-            [
-                "run",
-                "--config",
-                str(config),
-                "--out",
-                str(out),
-                "--experiment",
-                "artwork_abc",
-                "--as-of",
-                day,
-                "--run-date",
-                day,
-                "--incremental",
-                "--state",
-                str(state),
-            ],
-        )
-        assert result.exit_code in (0, 3), result.output
-        # What the run recomputed in full, on stderr (the first run: everything).
-        first = "artwork_abc: incremental: engagement_daily: state built from all its rows"
-        assert (first in result.output) == (day == "2024-03-24")
-    current = StateStore(state, "artwork_abc").current()
-    assert current is not None and current.as_of == date(2024, 3, 25)
-
-
-def _run_json(config: Path, out: Path, day: date, *extra: str) -> dict:
+def _run_cli(config: Path, out: Path, day: date, *extra: str):
+    """``xpkit run`` of artwork_abc for one day, as a scheduled job runs it."""
     result = CliRunner().invoke(
         main,
         [
@@ -498,12 +468,27 @@ def _run_json(config: Path, out: Path, day: date, *extra: str) -> dict:
             day.isoformat(),
             "--run-date",
             day.isoformat(),
-            "--json",
             *extra,
         ],
     )
     assert result.exit_code in (0, 3), result.output
-    (run,) = json.loads(result.stdout)["runs"]
+    return result
+
+
+def test_the_command_line_runs_incrementally(sample_dir: Path, tmp_path: Path) -> None:
+    config = sample_dir / "experiments.toml"
+    out, state = tmp_path / "out", tmp_path / "state"
+    for day in (date(2024, 3, 24), date(2024, 3, 25)):
+        result = _run_cli(config, out, day, "--incremental", "--state", str(state))
+        # What the run recomputed in full, on stderr (the first run: everything).
+        first = "artwork_abc: incremental: engagement_daily: state built from all its rows"
+        assert (first in result.output) == (day == date(2024, 3, 24))
+    current = StateStore(state, "artwork_abc").current()
+    assert current is not None and current.as_of == date(2024, 3, 25)
+
+
+def _run_json(config: Path, out: Path, day: date, *extra: str) -> dict:
+    (run,) = json.loads(_run_cli(config, out, day, "--json", *extra).stdout)["runs"]
     return run
 
 
