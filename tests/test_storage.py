@@ -360,6 +360,24 @@ def test_a_file_without_a_committed_manifest_is_never_read(tmp_path: Path) -> No
     assert "no committed run of experiment 'e'; experiments with runs here: 'f'" in result.output
 
 
+def test_a_manifest_whose_incremental_record_is_not_an_object_names_the_file(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    put(out, "e", DAY, "x")
+    path = manifest_path(out, "e", DAY)
+    manifest = json.loads(path.read_text())
+    manifest["incremental"] = 5
+    path.write_text(json.dumps(manifest))
+    result = show(out)
+    assert result.exit_code == 2
+    assert (
+        f"{path}: not a readable xpkit run manifest ('incremental' is int, not an object)"
+        in result.output
+    )
+    assert "Traceback" not in result.output
+
+
 def test_a_broken_manifest_names_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     put(out, "e", DAY, "old")
